@@ -1,0 +1,169 @@
+/* pcache.c -- see pcache.h. */
+#include "pcache.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "blob.h"
+
+km_pcache_opts km_pcache_default_opts(void) {
+    km_pcache_opts o = {.salt = NULL, .lookup = true, .save = true, .max_blob = (size_t)1 << 30};
+    return o;
+}
+
+int km_blob_from_state(km_ctx *c, const int32_t *tokens, int n_tokens, const uint8_t *state, size_t state_len,
+                       uint8_t **out, size_t *len, km_error *err) {
+    size_t total = km_blob_size((uint32_t)n_tokens, state_len);
+    uint8_t *blob = malloc(total);
+    if (!blob) return km_error_set(err, "out of memory for a %zu-byte snapshot", total);
+    uint8_t *payload = km_blob_begin(blob, km_model_fingerprint(km_ctx_model(c)), km_ctx_type_k(c), km_ctx_type_v(c),
+                                     tokens, (uint32_t)n_tokens, state_len);
+    memcpy(payload, state, state_len);
+    km_blob_seal(blob, total);
+    *out = blob;
+    *len = total;
+    return 0;
+}
+
+int km_pcache_restore_blob(km_ctx *c, int seq, const uint8_t *blob, size_t len, size_t max_blob,
+                           const int32_t *req_tokens, int n_req, int expect_tokens, km_error *err) {
+    km_blob_info info;
+    if (km_blob_parse(blob, len, max_blob, &info, err) != 0) return -1;
+    if ((int)info.n_tokens != expect_tokens)
+        return km_error_set(err, "blob holds %u tokens, its key names a %d-token prefix", info.n_tokens, expect_tokens);
+    if (km_blob_check_request(&info, km_model_fingerprint(km_ctx_model(c)), km_ctx_type_k(c), km_ctx_type_v(c),
+                              req_tokens, n_req, err) != 0)
+        return -1;
+    return km_state_restore(c, seq, info.payload, (size_t)info.payload_len, (int)info.n_tokens, err);
+}
+
+typedef struct snap_ctx {
+    km_ctx *c;
+    km_store *store;
+    int seq;
+    const int32_t *tokens;
+    const km_key *keys;
+    km_prefill_report *rep;
+} snap_ctx;
+
+static int on_boundary(void *ud, int i, int n_past, const uint8_t *state, size_t state_len) {
+    snap_ctx *s = ud;
+    if (!s->store) return 0;
+    double t0 = km_now_ms();
+    uint8_t *blob;
+    size_t len;
+    km_error e;
+    if (km_blob_from_state(s->c, s->tokens, n_past, state, state_len, &blob, &len, &e) != 0) {
+        km_warn("snapshot at %d tokens failed: %s", n_past, e.msg);
+    } else {
+        if (km_store_put(s->store, s->keys[i], blob, len, &e) == 0) {
+            s->rep->n_saved++;
+            s->rep->bytes_saved += len;
+        } else {
+            km_warn("snapshot at %d tokens not stored: %s", n_past, e.msg);
+        }
+        free(blob);
+    }
+    s->rep->t_save_ms += km_now_ms() - t0;
+    return 0; /* a failed snapshot costs reuse later, never this request */
+}
+
+/* Longest valid stored prefix: restore it and return its boundary index, or -1. */
+static int restore_longest(km_ctx *c, km_store *store, int seq, const int32_t *tokens, int n_tokens, const int *bounds,
+                           int n_bounds, const km_key *keys, const km_pcache_opts *o, km_prefill_report *rep) {
+    for (int i = n_bounds - 1; i >= 0; i--) {
+        if (!km_store_contains(store, keys[i])) continue;
+        uint8_t *blob = NULL;
+        size_t len = 0;
+        km_error e;
+        int rc = km_store_get(store, keys[i], &blob, &len, &e);
+        if (rc == 1) continue; /* evicted since contains() */
+        if (rc < 0) {
+            km_warn("cache read failed: %s", e.msg);
+            continue;
+        }
+        double t0 = km_now_ms();
+        rc = km_pcache_restore_blob(c, seq, blob, len, o->max_blob, tokens, n_tokens, bounds[i], &e);
+        double dt = km_now_ms() - t0;
+        free(blob);
+        if (rc == 0) {
+            rep->t_restore_ms += dt;
+            rep->bytes_loaded += len;
+            return i;
+        }
+        char hex[2 * KM_KEY_LEN + 1];
+        km_key_hex(keys[i], hex);
+        km_warn("cached state %s rejected and removed: %s", hex, e.msg);
+        rep->n_rejected++;
+        km_store_remove(store, keys[i]);
+    }
+    return -1;
+}
+
+int km_pcache_prefill(km_ctx *c, km_store *store, int seq, const int32_t *tokens, int n_tokens, const int *bounds,
+                      int n_bounds, const km_pcache_opts *opts, km_prefill_report *rep, km_error *err) {
+    km_pcache_opts o = opts ? *opts : km_pcache_default_opts();
+    memset(rep, 0, sizeof *rep);
+    rep->n_prompt = n_tokens;
+    rep->n_bounds = n_bounds;
+    rep->hit_index = -1;
+    km_seq_clear(c, seq);
+
+    km_key *keys = NULL;
+    int n_past = 0;
+    if (store && n_bounds > 0) {
+        double t0 = km_now_ms();
+        keys = malloc((size_t)n_bounds * sizeof *keys);
+        km_keys_for_boundaries(km_ctx_root_key(c, o.salt), tokens, bounds, n_bounds, keys);
+        if (o.lookup) {
+            double t_restore_before = rep->t_restore_ms;
+            rep->hit_index = restore_longest(c, store, seq, tokens, n_tokens, bounds, n_bounds, keys, &o, rep);
+            rep->t_lookup_ms = km_now_ms() - t0 - (rep->t_restore_ms - t_restore_before);
+        } else {
+            rep->t_lookup_ms = km_now_ms() - t0;
+        }
+        if (rep->hit_index >= 0) n_past = bounds[rep->hit_index];
+        else km_seq_clear(c, seq);
+    }
+    rep->n_reused = n_past;
+    rep->n_prefilled = n_tokens - n_past;
+
+    snap_ctx sc = {c, o.save ? store : NULL, seq, tokens, keys, rep};
+    double t0 = km_now_ms();
+    int rc = km_prefill(c, seq, tokens, n_tokens, n_past, bounds, n_bounds, o.save ? on_boundary : NULL, &sc, err);
+    rep->t_prefill_ms = km_now_ms() - t0 - rep->t_save_ms;
+    free(keys);
+    return rc;
+}
+
+int km_tokenize_segments(const km_model *m, const char *const *segs, int n_segs, int32_t **tokens, int *n_tokens,
+                         int **seg_ends, km_error *err) {
+    int32_t *all = NULL;
+    int n_all = 0;
+    int *ends = malloc((size_t)(n_segs > 0 ? n_segs : 1) * sizeof *ends);
+    for (int i = 0; i < n_segs; i++) {
+        int32_t *t;
+        int n;
+        if (km_tokenize(m, segs[i], strlen(segs[i]), i == 0, &t, &n, err) != 0) {
+            free(all);
+            free(ends);
+            return -1;
+        }
+        int32_t *grown = realloc(all, (size_t)(n_all + n + 1) * sizeof *all);
+        if (!grown) {
+            free(t);
+            free(all);
+            free(ends);
+            return km_error_set(err, "out of memory");
+        }
+        all = grown;
+        memcpy(all + n_all, t, (size_t)n * sizeof *t);
+        n_all += n;
+        ends[i] = n_all;
+        free(t);
+    }
+    *tokens = all;
+    *n_tokens = n_all;
+    *seg_ends = ends;
+    return 0;
+}

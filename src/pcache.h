@@ -1,0 +1,67 @@
+/* pcache.h -- the prompt cache: prefill a prompt reusing the longest stored prefix.
+ *
+ *   keys of all boundaries -> longest key present in the store whose blob
+ *   validates (checksum, model, KV types, tokens, state layout) -> restore ->
+ *   prefill the rest, snapshotting the state at every new boundary -> store.
+ *
+ * A blob that fails validation is reported, counted, removed from the store,
+ * and the next shorter prefix is tried: a bad blob costs time, never a wrong
+ * answer. The result is bit-identical to a cold prefill (see engine.h). */
+#ifndef KVMESH_PCACHE_H
+#define KVMESH_PCACHE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engine.h"
+#include "store.h"
+
+typedef struct km_pcache_opts {
+    const char *salt;   /* key-space salt (NULL: none) */
+    bool lookup;        /* reuse stored states (default true) */
+    bool save;          /* store snapshots of new boundaries (default true) */
+    size_t max_blob;    /* largest blob accepted from the store (default 1 GiB) */
+} km_pcache_opts;
+
+km_pcache_opts km_pcache_default_opts(void);
+
+typedef struct km_prefill_report {
+    int n_prompt;        /* prompt tokens */
+    int n_bounds;        /* boundaries (the last is n_prompt - 1) */
+    int hit_index;       /* boundary restored from (0-based), -1 on a miss */
+    int n_reused;        /* tokens restored from the cache */
+    int n_prefilled;     /* tokens computed */
+    int n_rejected;      /* stored blobs that failed validation (removed) */
+    int n_saved;         /* snapshots stored */
+    size_t bytes_loaded; /* blob bytes restored */
+    size_t bytes_saved;  /* blob bytes stored */
+    double t_lookup_ms;  /* key hashing + store lookups + blob validation */
+    double t_restore_ms; /* llama_state_seq_set_data */
+    double t_prefill_ms; /* decoding, excluding snapshots */
+    double t_save_ms;    /* snapshots: state export + blob build + store put */
+} km_prefill_report;
+
+/* Prefill tokens[0..n_tokens) into seq (cleared first) using and feeding the
+ * store (may be NULL: plain chunked prefill). bounds as from km_boundaries. */
+int km_pcache_prefill(km_ctx *c, km_store *store, int seq, const int32_t *tokens, int n_tokens, const int *bounds,
+                      int n_bounds, const km_pcache_opts *opts, km_prefill_report *rep, km_error *err);
+
+/* A sealed blob holding a state exported at n_tokens tokens (as passed to a
+ * km_boundary_fn). *out is malloc'd. */
+int km_blob_from_state(km_ctx *c, const int32_t *tokens, int n_tokens, const uint8_t *state, size_t state_len,
+                       uint8_t **out, size_t *len, km_error *err);
+
+/* Validate a blob for a request and restore it into seq. */
+int km_pcache_restore_blob(km_ctx *c, int seq, const uint8_t *blob, size_t len, size_t max_blob,
+                           const int32_t *req_tokens, int n_req, int expect_tokens, km_error *err);
+
+
+/* Tokenize a prompt given as text segments: each segment is tokenized on its
+ * own (BOS before the first) and the results concatenated, so a segment's
+ * tokens never depend on the text that follows it and equal prefixes give
+ * equal keys. *seg_ends gets the token offset where each segment ends. */
+int km_tokenize_segments(const km_model *m, const char *const *segs, int n_segs, int32_t **tokens, int *n_tokens,
+                         int **seg_ends, km_error *err);
+
+#endif

@@ -1,0 +1,67 @@
+/* store.h -- the local state store: a RAM tier and a disk tier, keyed by prefix key.
+ *
+ * RAM tier: an LRU under a byte budget. Disk tier (optional): one file per key,
+ * <dir>/<key hex>.kvb, survives restarts. Disk writes are crash-safe (temp file,
+ * fsync, rename, directory fsync): a half-written entry is never served, and
+ * leftover temp files are removed when a store opens.
+ *
+ * Puts go to RAM at once and to disk on a background writer thread, so a put
+ * never waits for the disk (it sits on the prefill path). km_store_flush waits
+ * until every queued write is on disk; km_store_close flushes.
+ *
+ * The store holds opaque bytes: it neither parses nor validates blobs (the
+ * caller validates what it gets, and calls km_store_remove for a bad one).
+ * Thread-safe. */
+#ifndef KVMESH_STORE_H
+#define KVMESH_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "prefix.h"
+#include "util.h"
+
+typedef struct km_store km_store;
+
+typedef struct km_store_params {
+    size_t ram_budget;     /* bytes of blob data kept in RAM (default 256 MiB; 0 = no RAM tier) */
+    const char *disk_dir;  /* NULL = no disk tier; created if missing */
+    uint64_t disk_budget;  /* bytes on disk (0 = unlimited); oldest-used files go first */
+    size_t max_blob_size;  /* larger puts and files are refused (default 1 GiB) */
+} km_store_params;
+
+typedef struct km_store_stats {
+    uint64_t ram_bytes, ram_entries;
+    uint64_t disk_bytes, disk_entries;
+    uint64_t ram_hits, disk_hits, misses;
+    uint64_t ram_evictions, disk_evictions;
+    uint64_t disk_write_errors;
+} km_store_stats;
+
+km_store_params km_store_default_params(void);
+
+km_store *km_store_open(const km_store_params *p, km_error *err);
+/* Flushes pending disk writes, then frees everything. */
+void km_store_close(km_store *s);
+
+/* Store a copy of blob under key (replacing any previous entry). A blob larger
+ * than the RAM budget skips the RAM tier. Returns -1 only for a refused put. */
+int km_store_put(km_store *s, km_key key, const uint8_t *blob, size_t len, km_error *err);
+
+/* Fetch a copy (malloc'd; caller frees). RAM first, then disk (promoted to RAM).
+ * Returns 0 on hit, 1 on miss, -1 on a read error (err set). */
+int km_store_get(km_store *s, km_key key, uint8_t **blob, size_t *len, km_error *err);
+
+/* Whether the key is present in either tier (no I/O beyond an in-memory index). */
+bool km_store_contains(km_store *s, km_key key);
+
+/* Delete from both tiers (e.g. a blob that failed validation). */
+void km_store_remove(km_store *s, km_key key);
+
+/* Wait until every queued disk write has completed. */
+void km_store_flush(km_store *s);
+
+km_store_stats km_store_get_stats(km_store *s);
+
+#endif

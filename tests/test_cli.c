@@ -1,0 +1,119 @@
+/* test_cli.c -- the kvmesh command line as a user meets it. */
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+
+#include "testutil.h"
+#include "util.h"
+
+static char out_buf[1 << 16];
+
+/* Run `kvmesh <args>` with stdout and stderr captured; returns the exit code. */
+static int kvmesh(const char *args) {
+    char cmd[8192], tmpl[] = "/tmp/kvmesh-cli-XXXXXX";
+    int fd = mkstemp(tmpl);
+    assert_true(fd >= 0);
+    snprintf(cmd, sizeof cmd, "'%s' %s >%s 2>&1", tu_kvmesh_bin(), args, tmpl);
+    int st = system(cmd);
+    FILE *f = fdopen(fd, "r");
+    size_t n = fread(out_buf, 1, sizeof out_buf - 1, f);
+    out_buf[n] = 0;
+    fclose(f);
+    remove(tmpl);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+static void assert_out_has(const char *needle) {
+    if (!strstr(out_buf, needle)) fail_msg("output lacks '%s':\n%s", needle, out_buf);
+}
+
+static void test_help_everywhere(void **state) {
+    (void)state;
+    assert_int_equal(kvmesh("--help"), 0);
+    assert_out_has("gen-model");
+    assert_int_equal(kvmesh("run --help"), 0);
+    assert_out_has("--segment-sep");
+    assert_int_equal(kvmesh("gen-model --help"), 0);
+    assert_out_has("gemma3-270m");
+    assert_int_equal(kvmesh("inspect --help"), 0);
+    assert_int_equal(kvmesh("bench local --help"), 0);
+    assert_out_has("--prompts");
+    assert_int_equal(kvmesh("frobnicate"), 2);
+    assert_out_has("unknown command");
+    assert_int_equal(kvmesh("run --model"), 2);
+    assert_int_equal(kvmesh("run --prompt hi"), 2);
+    assert_int_equal(kvmesh("run --model x --kv-type f32 --prompt hi"), 2);
+    assert_out_has("f16 or q8_0");
+}
+
+static void test_errors_name_the_file(void **state) {
+    (void)state;
+    assert_int_equal(kvmesh("run --model /nonexistent/m.gguf --prompt hi --no-cache"), 1);
+    assert_out_has("/nonexistent/m.gguf");
+    assert_int_equal(kvmesh("run --model /etc/hostname --prompt hi --no-cache"), 1);
+    assert_out_has("/etc/hostname");
+    assert_int_equal(kvmesh("inspect /etc/hostname"), 1);
+    assert_out_has("neither");
+}
+
+static void test_run_twice_reuses(void **state) {
+    (void)state;
+    char *dir = tu_tmpdir();
+    char args[4096];
+    snprintf(args, sizeof args,
+             "run --model '%s' --cache-dir %s -n 12 --segment-sep '\\n\\n' "
+             "--prompt 'You are a helpful assistant.\n\nFirst example: the cat sat.\n\nNow: the dog'",
+             tu_model("tiny-f16.gguf"), dir);
+    assert_int_equal(kvmesh(args), 0);
+    assert_out_has("(miss)");
+    assert_out_has("stored 3 states");
+    static char first_text[sizeof out_buf];
+    memcpy(first_text, out_buf, sizeof out_buf);
+    *strstr(first_text, "kvmesh: ttft") = 0;
+    assert_int_equal(kvmesh(args), 0);
+    assert_out_has("(boundary 3/3)");
+    assert_out_has("prefilled 1 tok");
+    assert_out_has("stored 0 states");
+    /* same text: greedy output is identical */
+    if (strncmp(out_buf, first_text, strlen(first_text)) != 0) fail_msg("text differs:\n%s\nvs\n%s", first_text, out_buf);
+    /* inspect one of the stored blobs */
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    char blob[4200] = "";
+    int n_files = 0;
+    while ((e = readdir(d)))
+        if (strstr(e->d_name, ".kvb")) {
+            n_files++;
+            snprintf(blob, sizeof blob, "%s/%s", dir, e->d_name);
+        }
+    closedir(d);
+    assert_int_equal(n_files, 3);
+    snprintf(args, sizeof args, "inspect %s", blob);
+    assert_int_equal(kvmesh(args), 0);
+    assert_out_has("checksum ok");
+    assert_out_has("K f16, V f16");
+    /* corrupt it: inspect says so */
+    FILE *f = fopen(blob, "r+b");
+    fseek(f, -5, SEEK_END);
+    fputc(0x55, f);
+    fclose(f);
+    assert_int_equal(kvmesh(args), 1);
+    assert_out_has("checksum mismatch");
+    snprintf(args, sizeof args, "inspect '%s'", tu_model("tiny-f16.gguf"));
+    assert_int_equal(kvmesh(args), 0);
+    assert_out_has("gemma3");
+    assert_out_has("262144 tokens");
+    tu_rmtree(dir);
+    free(dir);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_help_everywhere),
+        cmocka_unit_test(test_errors_name_the_file),
+        cmocka_unit_test(test_run_twice_reuses),
+    };
+    return cmocka_run_group_tests_name("cli", tests, NULL, NULL);
+}

@@ -1,0 +1,253 @@
+/* test_pcache.c -- the prompt cache over a real store: longest-prefix reuse,
+ * bad blobs rejected and removed without changing the answer, persistence. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "blob.h"
+#include "engine.h"
+#include "pcache.h"
+#include "testutil.h"
+
+typedef struct fixture {
+    km_model *m;
+    km_ctx *c;
+    int32_t *toks;
+    int n;
+    int bounds[8];
+    int nb;
+    float *cold_logits;
+    int nv;
+} fixture;
+
+static void setup_fixture(fixture *f, const char *model) {
+    km_error err;
+    f->m = km_model_load(model, &err);
+    if (!f->m) fail_msg("%s", err.msg);
+    km_ctx_params cp = km_ctx_default_params();
+    cp.n_ctx = 512;
+    f->c = km_ctx_init(f->m, &cp, &err);
+    assert_non_null(f->c);
+    const char *segs[3] = {"The following are multiple choice questions (with answers) about cats.\n\n",
+                           "Which animal says meow?\nA. dog\nB. cat\nC. cow\nD. fish\nAnswer: B\n\n",
+                           "Which animal purrs?\nA. cat\nB. dog\nC. bird\nD. ant\nAnswer:"};
+    int *ends;
+    assert_int_equal(km_tokenize_segments(f->m, segs, 3, &f->toks, &f->n, &ends, &err), 0);
+    f->nb = km_boundaries(ends, 2, f->n, 0, f->bounds);
+    assert_int_equal(f->nb, 3);
+    free(ends);
+    f->nv = km_model_n_vocab(f->m);
+    /* cold reference, no store */
+    km_prefill_report rep;
+    assert_int_equal(km_pcache_prefill(f->c, NULL, 0, f->toks, f->n, f->bounds, f->nb, NULL, &rep, &err), 0);
+    assert_int_equal(rep.hit_index, -1);
+    f->cold_logits = malloc((size_t)f->nv * sizeof(float));
+    memcpy(f->cold_logits, km_logits(f->c), (size_t)f->nv * sizeof(float));
+}
+
+static void teardown_fixture(fixture *f) {
+    free(f->cold_logits);
+    free(f->toks);
+    km_ctx_free(f->c);
+    km_model_free(f->m);
+}
+
+static void assert_logits_cold(fixture *f) {
+    assert_memory_equal(km_logits(f->c), f->cold_logits, (size_t)f->nv * sizeof(float));
+}
+
+static void test_longest_prefix_and_partial(void **state) {
+    (void)state;
+    fixture f;
+    setup_fixture(&f, tu_model("tiny-f16.gguf"));
+    km_error err;
+    km_store_params sp = km_store_default_params();
+    km_store *st = km_store_open(&sp, &err);
+    km_prefill_report rep;
+    assert_int_equal(km_pcache_prefill(f.c, st, 0, f.toks, f.n, f.bounds, f.nb, NULL, &rep, &err), 0);
+    assert_int_equal(rep.hit_index, -1);
+    assert_int_equal(rep.n_saved, 3);
+    assert_logits_cold(&f);
+    /* same prompt: full hit */
+    assert_int_equal(km_pcache_prefill(f.c, st, 0, f.toks, f.n, f.bounds, f.nb, NULL, &rep, &err), 0);
+    assert_int_equal(rep.hit_index, 2);
+    assert_int_equal(rep.n_prefilled, 1);
+    assert_int_equal(rep.n_saved, 0);
+    assert_true(rep.bytes_loaded > 0);
+    assert_logits_cold(&f);
+    /* another question after the same example: hit at boundary 1 */
+    const char *segs[3] = {"The following are multiple choice questions (with answers) about cats.\n\n",
+                           "Which animal says meow?\nA. dog\nB. cat\nC. cow\nD. fish\nAnswer: B\n\n",
+                           "What do cats chase?\nA. mice\nB. cars\nC. rain\nD. stars\nAnswer:"};
+    int32_t *t2;
+    int n2, *ends, b2[8];
+    assert_int_equal(km_tokenize_segments(f.m, segs, 3, &t2, &n2, &ends, &err), 0);
+    int nb2 = km_boundaries(ends, 2, n2, 0, b2);
+    assert_int_equal(km_pcache_prefill(f.c, st, 0, t2, n2, b2, nb2, NULL, &rep, &err), 0);
+    assert_int_equal(rep.hit_index, 1);
+    assert_int_equal(rep.n_reused, f.bounds[1]);
+    assert_int_equal(rep.n_prefilled, n2 - f.bounds[1]);
+    assert_int_equal(rep.n_saved, 1); /* only its own end boundary is new */
+    free(t2);
+    free(ends);
+    km_store_close(st);
+    teardown_fixture(&f);
+}
+
+/* Put a tampered copy of the longest blob back under its key. */
+static void tamper(km_store *st, km_key key, void (*fn)(uint8_t *, size_t, void *), void *ud) {
+    uint8_t *blob;
+    size_t len;
+    km_error err;
+    assert_int_equal(km_store_get(st, key, &blob, &len, &err), 0);
+    fn(blob, len, ud);
+    assert_int_equal(km_store_put(st, key, blob, len, &err), 0);
+    free(blob);
+}
+
+static void flip_payload_bit(uint8_t *b, size_t len, void *ud) {
+    (void)ud;
+    b[len - 10] ^= 4; /* checksum catches it */
+}
+
+static void forge_payload(uint8_t *b, size_t len, void *ud) {
+    (void)ud;
+    /* change the payload's first K type, then fix the checksum as an attacker
+     * would: only the state layout check can catch this */
+    km_blob_info info;
+    assert_int_equal(km_blob_parse(b, len, len, &info, NULL), 0);
+    uint8_t *p = b + (info.payload - b);
+    uint32_t cells = km_get_u32(p + 12);
+    size_t off = 16 + (size_t)cells * 12 + 8;
+    km_put_u32(p + off, 8);
+    km_blob_seal(b, len);
+}
+
+static void swap_token(uint8_t *b, size_t len, void *ud) {
+    (void)ud;
+    km_put_u32(b + KM_BLOB_HEADER_SIZE + 4 * 3, 12345); /* a "collision": other tokens */
+    km_blob_seal(b, len);
+}
+
+static void truncate_blob(uint8_t *b, size_t len, void *ud) {
+    (void)b;
+    (void)len;
+    (void)ud;
+}
+
+static void check_rejection(void (*fn)(uint8_t *, size_t, void *), bool truncate) {
+    fixture f;
+    setup_fixture(&f, tu_model("tiny-f16.gguf"));
+    km_error err;
+    km_store_params sp = km_store_default_params();
+    km_store *st = km_store_open(&sp, &err);
+    km_prefill_report rep;
+    assert_int_equal(km_pcache_prefill(f.c, st, 0, f.toks, f.n, f.bounds, f.nb, NULL, &rep, &err), 0);
+    km_key keys[8];
+    km_keys_for_boundaries(km_ctx_root_key(f.c, NULL), f.toks, f.bounds, f.nb, keys);
+    if (truncate) {
+        uint8_t *blob;
+        size_t len;
+        assert_int_equal(km_store_get(st, keys[2], &blob, &len, &err), 0);
+        assert_int_equal(km_store_put(st, keys[2], blob, len / 2, &err), 0);
+        free(blob);
+    } else {
+        tamper(st, keys[2], fn, NULL);
+    }
+    assert_int_equal(km_pcache_prefill(f.c, st, 0, f.toks, f.n, f.bounds, f.nb, NULL, &rep, &err), 0);
+    assert_int_equal(rep.n_rejected, 1);
+    assert_int_equal(rep.hit_index, 1); /* fell back to the next shorter prefix */
+    assert_logits_cold(&f);             /* and the answer is unchanged */
+    /* the bad blob was removed and replaced by a fresh snapshot */
+    assert_int_equal(rep.n_saved, 1);
+    assert_int_equal(km_pcache_prefill(f.c, st, 0, f.toks, f.n, f.bounds, f.nb, NULL, &rep, &err), 0);
+    assert_int_equal(rep.n_rejected, 0);
+    assert_int_equal(rep.hit_index, 2);
+    assert_logits_cold(&f);
+    km_store_close(st);
+    teardown_fixture(&f);
+}
+
+static void test_bit_flip_rejected(void **s) { (void)s; check_rejection(flip_payload_bit, false); }
+static void test_forged_payload_rejected(void **s) { (void)s; check_rejection(forge_payload, false); }
+static void test_wrong_tokens_rejected(void **s) { (void)s; check_rejection(swap_token, false); }
+static void test_truncated_rejected(void **s) { (void)s; check_rejection(truncate_blob, true); }
+
+static void test_wrong_model_blob_rejected(void **state) {
+    (void)state;
+    /* A blob of another model stored under this model's key (as a buggy or
+     * malicious peer might): the fingerprint check rejects it. */
+    fixture a, b;
+    setup_fixture(&a, tu_model("tiny-f16.gguf"));
+    setup_fixture(&b, tu_model("tiny-f16-seed8.gguf"));
+    km_error err;
+    km_store_params sp = km_store_default_params();
+    km_store *st = km_store_open(&sp, &err);
+    km_prefill_report rep;
+    assert_int_equal(km_pcache_prefill(b.c, st, 0, b.toks, b.n, b.bounds, b.nb, NULL, &rep, &err), 0);
+    km_key kb[8], ka[8];
+    km_keys_for_boundaries(km_ctx_root_key(b.c, NULL), b.toks, b.bounds, b.nb, kb);
+    km_keys_for_boundaries(km_ctx_root_key(a.c, NULL), a.toks, a.bounds, a.nb, ka);
+    assert_false(km_key_equal(ka[2], kb[2])); /* keys differ by model */
+    uint8_t *blob;
+    size_t len;
+    assert_int_equal(km_store_get(st, kb[2], &blob, &len, &err), 0);
+    assert_int_equal(km_store_put(st, ka[2], blob, len, &err), 0);
+    free(blob);
+    assert_int_equal(km_pcache_prefill(a.c, st, 0, a.toks, a.n, a.bounds, a.nb, NULL, &rep, &err), 0);
+    assert_int_equal(rep.n_rejected, 1);
+    assert_int_equal(rep.hit_index, -1);
+    assert_logits_cold(&a);
+    km_store_close(st);
+    teardown_fixture(&a);
+    teardown_fixture(&b);
+}
+
+static void test_disk_persistence_across_restart(void **state) {
+    (void)state;
+    char *dir = tu_tmpdir();
+    km_error err;
+    km_store_params sp = km_store_default_params();
+    sp.disk_dir = dir;
+    km_prefill_report rep;
+    {
+        fixture f;
+        setup_fixture(&f, tu_model("tiny-f16.gguf"));
+        km_store *st = km_store_open(&sp, &err);
+        assert_non_null(st);
+        assert_int_equal(km_pcache_prefill(f.c, st, 0, f.toks, f.n, f.bounds, f.nb, NULL, &rep, &err), 0);
+        assert_int_equal(rep.n_saved, 3);
+        km_store_close(st);
+        teardown_fixture(&f);
+    }
+    {
+        /* a new model load, context and store: as after a process restart */
+        fixture f;
+        setup_fixture(&f, tu_model("tiny-f16.gguf"));
+        km_store *st = km_store_open(&sp, &err);
+        km_store_stats ss = km_store_get_stats(st);
+        assert_int_equal(ss.disk_entries, 3);
+        assert_int_equal(km_pcache_prefill(f.c, st, 0, f.toks, f.n, f.bounds, f.nb, NULL, &rep, &err), 0);
+        assert_int_equal(rep.hit_index, 2);
+        assert_logits_cold(&f);
+        km_store_close(st);
+        teardown_fixture(&f);
+    }
+    tu_rmtree(dir);
+    free(dir);
+}
+
+int main(void) {
+    km_log_level = -1; /* the rejections warn by design */
+    km_engine_init();
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_longest_prefix_and_partial),
+        cmocka_unit_test(test_bit_flip_rejected),
+        cmocka_unit_test(test_forged_payload_rejected),
+        cmocka_unit_test(test_wrong_tokens_rejected),
+        cmocka_unit_test(test_truncated_rejected),
+        cmocka_unit_test(test_wrong_model_blob_rejected),
+        cmocka_unit_test(test_disk_persistence_across_restart),
+    };
+    return cmocka_run_group_tests_name("pcache", tests, NULL, NULL);
+}

@@ -1,0 +1,21 @@
+/* testutil.h -- helpers shared by the test programs. */
+#ifndef KVMESH_TESTUTIL_H
+#define KVMESH_TESTUTIL_H
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+/* Path of a generated test model (e.g. "tiny-f16.gguf") in a static buffer. */
+const char *tu_model(const char *file);
+/* Path under ../shared (e.g. "models/stories260K.gguf"), or NULL if absent. */
+const char *tu_shared(const char *rel);
+/* A fresh empty temporary directory (removed by tu_rmtree). */
+char *tu_tmpdir(void);
+void tu_rmtree(const char *dir);
+/* The kvmesh binary under test. */
+const char *tu_kvmesh_bin(void);
+
+#endif

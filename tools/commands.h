@@ -1,0 +1,16 @@
+/* commands.h -- the kvmesh subcommands. Each takes the arguments after its own
+ * name (argv[0] is the subcommand name, as getopt_long expects), prints its own
+ * --help, and returns the process exit code (0 ok, 1 runtime error, 2 usage). */
+#ifndef KVMESH_COMMANDS_H
+#define KVMESH_COMMANDS_H
+
+int cmd_run(int argc, char **argv);
+int cmd_gen_model(int argc, char **argv);
+int cmd_inspect(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
+
+/* Default location of the vocab GGUFs (llama.cpp's models/ggml-vocab-*.gguf):
+ * $KVMESH_VOCAB_DIR, else the directory the build was configured with. */
+const char *kvmesh_vocab_dir(void);
+
+#endif

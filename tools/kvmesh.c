@@ -1,0 +1,48 @@
+/* kvmesh.c -- the command-line entry point: dispatches to one subcommand. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "commands.h"
+
+#ifndef KVMESH_DEFAULT_VOCAB_DIR
+#define KVMESH_DEFAULT_VOCAB_DIR ""
+#endif
+
+const char *kvmesh_vocab_dir(void) {
+    const char *e = getenv("KVMESH_VOCAB_DIR");
+    return e && *e ? e : KVMESH_DEFAULT_VOCAB_DIR;
+}
+
+static const struct {
+    const char *name;
+    int (*fn)(int, char **);
+    const char *what;
+} commands[] = {
+    {"run", cmd_run, "run a prompt through the local prompt cache and print the text and timings"},
+    {"gen-model", cmd_gen_model, "write a synthetic GGUF with the exact shape of a real model"},
+    {"inspect", cmd_inspect, "describe a state blob or a GGUF model file"},
+    {"bench", cmd_bench, "benchmarks (bench local: prompt-cache costs on MMLU prompts)"},
+};
+
+static void usage(FILE *f) {
+    fprintf(f, "usage: kvmesh <command> [options]   (kvmesh <command> --help for details)\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
+        fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].what);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage(stdout);
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
+        if (!strcmp(argv[1], commands[i].name)) return commands[i].fn(argc - 1, argv + 1);
+    fprintf(stderr, "kvmesh: unknown command '%s'\n", argv[1]);
+    usage(stderr);
+    return 2;
+}
