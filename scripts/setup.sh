@@ -8,8 +8,8 @@
 #   LLAMA_CPP_DIR=<source tree>   build this llama.cpp tree instead of the pinned bundle
 #   KVMESH_DEPS=<dir>             where the cached prefix lives (default: <repo>/.deps)
 #
-# Prints the prefix on the last line of stdout? No: callers source nothing; they read
-# $KVMESH_DEPS/llama/prefix, which this script guarantees exists on success.
+# On success the llama.cpp prefix is $KVMESH_DEPS/llama/prefix (llama-custom/prefix with
+# LLAMA_CPP_DIR); scripts/build.sh points CMake at it.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

@@ -61,7 +61,7 @@ static void test_errors_name_the_file(void **state) {
 static void test_run_twice_reuses(void **state) {
     (void)state;
     char *dir = tu_tmpdir();
-    char args[4096];
+    char args[9000];
     snprintf(args, sizeof args,
              "run --model '%s' --cache-dir %s -n 12 --segment-sep '\\n\\n' "
              "--prompt 'You are a helpful assistant.\n\nFirst example: the cat sat.\n\nNow: the dog'",

@@ -93,6 +93,37 @@ static int same_bytes(const char *a, const char *b) {
     return same;
 }
 
+/* 1 if the tensor data (everything after the metadata) of two GGUFs is
+ * identical: the metadata names the seed, so whole-file comparison alone
+ * would not notice weights that ignore it. */
+static int same_weights(const char *a, const char *b) {
+    struct gguf_init_params ip = {.no_alloc = true, .ctx = NULL};
+    struct gguf_context *ga = gguf_init_from_file(a, ip), *gb = gguf_init_from_file(b, ip);
+    assert_non_null(ga);
+    assert_non_null(gb);
+    long oa = (long)gguf_get_data_offset(ga), ob = (long)gguf_get_data_offset(gb);
+    gguf_free(ga);
+    gguf_free(gb);
+    FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
+    assert_non_null(fa);
+    assert_non_null(fb);
+    assert_int_equal(fseek(fa, oa, SEEK_SET), 0);
+    assert_int_equal(fseek(fb, ob, SEEK_SET), 0);
+    static char ba[1 << 16], bb[1 << 16];
+    int same = 1;
+    for (;;) {
+        size_t na = fread(ba, 1, sizeof ba, fa), nb = fread(bb, 1, sizeof bb, fb);
+        if (na != nb || memcmp(ba, bb, na) != 0) {
+            same = 0;
+            break;
+        }
+        if (na == 0) break;
+    }
+    fclose(fa);
+    fclose(fb);
+    return same;
+}
+
 /* No "*.tmp" leftovers in the test directory. */
 static void assert_no_temp_files(void) {
     DIR *d = opendir(tmpdir);
@@ -235,6 +266,8 @@ static void test_determinism(void **state) {
     assert_true(same_bytes(tiny_path("f16"), again));
     assert_int_equal(gen("tiny", "f16", 8, seed8, &err), 0);
     assert_false(same_bytes(tiny_path("f16"), seed8));
+    assert_false(same_weights(tiny_path("f16"), seed8));
+    assert_true(same_weights(tiny_path("f16"), again));
 
     /* Regenerating over an existing file replaces it (the CLI guards with --force). */
     assert_int_equal(gen("tiny", "f16", 8, again, &err), 0);
@@ -301,6 +334,24 @@ static void test_layout_matches_gguf_writer(void **state) {
     ggml_free(data);
 }
 
+/* Key lookups that fail the test (rather than abort in gguf) when a key is
+ * missing or has another type. */
+static int64_t kv_find(const struct gguf_context *g, const char *key, enum gguf_type type) {
+    int64_t i = gguf_find_key(g, key);
+    if (i < 0) fail_msg("key %s missing", key);
+    if (gguf_get_kv_type(g, i) != type) fail_msg("key %s has type %s", key, gguf_type_name(gguf_get_kv_type(g, i)));
+    return i;
+}
+static uint32_t kv_u32(const struct gguf_context *g, const char *key) {
+    return gguf_get_val_u32(g, kv_find(g, key, GGUF_TYPE_UINT32));
+}
+static float kv_f32(const struct gguf_context *g, const char *key) {
+    return gguf_get_val_f32(g, kv_find(g, key, GGUF_TYPE_FLOAT32));
+}
+static const char *kv_str(const struct gguf_context *g, const char *key) {
+    return gguf_get_val_str(g, kv_find(g, key, GGUF_TYPE_STRING));
+}
+
 /* Metadata of each generated file: types, tensors, and a faithful tokenizer copy. */
 static void test_metadata(void **state) {
     (void)state;
@@ -314,14 +365,22 @@ static void test_metadata(void **state) {
     for (size_t ti = 0; ti < sizeof types / sizeof *types; ti++) {
         struct gguf_context *g = gguf_init_from_file(tiny_path(types[ti]), ip);
         assert_non_null(g);
-        assert_string_equal(gguf_get_val_str(g, gguf_find_key(g, "general.architecture")), "gemma3");
-        assert_int_equal(gguf_get_val_u32(g, gguf_find_key(g, "general.file_type")), ftype[ti]);
-        assert_int_equal(gguf_get_val_u32(g, gguf_find_key(g, "general.alignment")), 32);
-        assert_int_equal(gguf_get_val_u32(g, gguf_find_key(g, "gemma3.attention.sliding_window")),
-                         s->sliding_window);
-        assert_int_equal(gguf_get_val_u32(g, gguf_find_key(g, "gemma3.attention.sliding_window_pattern")),
-                         s->swa_pattern);
-        assert_true(gguf_get_val_f32(g, gguf_find_key(g, "gemma3.rope.freq_base_swa")) == 10000.0f);
+        assert_string_equal(kv_str(g, "general.architecture"), "gemma3");
+        assert_int_equal(kv_u32(g, "general.file_type"), ftype[ti]);
+        assert_int_equal(kv_u32(g, "general.alignment"), 32);
+        assert_int_equal(kv_u32(g, "gemma3.block_count"), s->n_layer);
+        assert_int_equal(kv_u32(g, "gemma3.context_length"), s->n_ctx_train);
+        assert_int_equal(kv_u32(g, "gemma3.embedding_length"), s->n_embd);
+        assert_int_equal(kv_u32(g, "gemma3.feed_forward_length"), s->n_ff);
+        assert_int_equal(kv_u32(g, "gemma3.attention.head_count"), s->n_head);
+        assert_int_equal(kv_u32(g, "gemma3.attention.head_count_kv"), s->n_head_kv);
+        assert_int_equal(kv_u32(g, "gemma3.attention.key_length"), s->head_dim);
+        assert_int_equal(kv_u32(g, "gemma3.attention.value_length"), s->head_dim);
+        assert_int_equal(kv_u32(g, "gemma3.attention.sliding_window"), s->sliding_window);
+        assert_int_equal(kv_u32(g, "gemma3.attention.sliding_window_pattern"), s->swa_pattern);
+        assert_true(kv_f32(g, "gemma3.attention.layer_norm_rms_epsilon") == 1e-6f);
+        assert_true(kv_f32(g, "gemma3.rope.freq_base") == 1000000.0f);
+        assert_true(kv_f32(g, "gemma3.rope.freq_base_swa") == 10000.0f);
 
         /* Tensors: 2 + 13 per block, tied output, matrices in the chosen type. */
         assert_int_equal(gguf_get_n_tensors(g), 2 + 13 * s->n_layer);
