@@ -367,16 +367,22 @@ static int w_zeros(writer *w, size_t len, km_error *err) {
     return 0;
 }
 
-/* Elements generated per chunk: 4 MB of floats, bounded memory for any tensor
- * (token_embd of gemma3-1b alone is 302M values). */
+/* Tensors are generated CHUNK_VALUES values (4 MB of floats) at a time, in
+ * whole rows, so memory stays bounded for any tensor (token_embd of gemma3-1b
+ * alone is 302M values). A row longer than that is one chunk by itself. */
 #define CHUNK_VALUES (1u << 20)
+
+static int64_t rows_per_chunk(const tspec *t) {
+    int64_t rows = (int64_t)CHUNK_VALUES / t->ne0;
+    if (rows < 1) rows = 1;
+    return rows < t->ne1 ? rows : t->ne1;
+}
 
 /* Generates, converts and writes one tensor, chunk by chunk. */
 static int write_tensor(writer *w, const tspec *t, uint64_t stream, float *f32, uint8_t *conv, km_error *err) {
-    int64_t rows_per_chunk = (int64_t)CHUNK_VALUES / t->ne0;
-    if (rows_per_chunk < 1) rows_per_chunk = 1;
-    for (int64_t r = 0; r < t->ne1; r += rows_per_chunk) {
-        int64_t nrows = t->ne1 - r < rows_per_chunk ? t->ne1 - r : rows_per_chunk;
+    const int64_t chunk = rows_per_chunk(t);
+    for (int64_t r = 0; r < t->ne1; r += chunk) {
+        int64_t nrows = t->ne1 - r < chunk ? t->ne1 - r : chunk;
         gen_values(&stream, t->base, t->scale, f32, (size_t)(nrows * t->ne0));
         /* ggml_quantize_chunk also does F16 and F32 (a copy); start 0 because
          * the buffers hold just this chunk. No importance matrix: none of our
@@ -478,15 +484,16 @@ int km_modelgen_write(const km_modelgen_params *p, km_error *err) {
     }
     w.total = meta_size + data_size;
 
-    size_t conv_size = 0;
+    /* Buffers for one chunk of the largest tensor: rows_per_chunk() rows of
+     * floats, and the same rows converted. */
+    size_t conv_size = 0, f32_len = 0;
     for (int i = 0; i < n; i++) {
-        int64_t rows = (int64_t)CHUNK_VALUES / specs[i].ne0;
-        if (rows < 1) rows = 1;
-        if (rows > specs[i].ne1) rows = specs[i].ne1;
+        int64_t rows = rows_per_chunk(&specs[i]);
         size_t sz = ggml_row_size(specs[i].type, specs[i].ne0) * (size_t)rows;
         if (sz > conv_size) conv_size = sz;
+        if ((size_t)(rows * specs[i].ne0) > f32_len) f32_len = (size_t)(rows * specs[i].ne0);
     }
-    f32 = malloc((size_t)CHUNK_VALUES * sizeof *f32);
+    f32 = malloc(f32_len * sizeof *f32);
     conv = malloc(conv_size);
     size_t tlen = strlen(p->out_path) + 32;
     tmp = malloc(tlen);

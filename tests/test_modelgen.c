@@ -325,7 +325,7 @@ static void test_layout_matches_gguf_writer(void **state) {
             sum += v;
             sum2 += v * v;
         }
-        double mean = sum / n, std = sqrt(sum2 / n - mean * mean);
+        double mean = sum / (double)n, std = sqrt(sum2 / (double)n - mean * mean);
         if (fabs(mean - want[i].mean) > want[i].tol || fabs(std - want[i].std) > want[i].std * 0.2 + 0.01)
             fail_msg("%s: mean %.4f std %.4f, want mean %.4f std %.4f", want[i].name, mean, std, want[i].mean,
                      want[i].std);

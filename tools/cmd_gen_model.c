@@ -2,6 +2,7 @@
  *
  * A thin front end over km_modelgen_write(): parses options, picks the default
  * vocab file, refuses to clobber an existing model unless told to. */
+#include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
@@ -36,7 +37,7 @@ static void usage(FILE *f) {
     }
     fprintf(f,
             "  -t, --type TYPE    weight matrices: f16 (default), q8_0 or q4_0; norms stay f32\n"
-            "  -s, --seed N       weight seed, unsigned 64-bit (default 1)\n"
+            "  -s, --seed N       weight seed, unsigned 64-bit, decimal or 0x hex (default 1)\n"
             "  -v, --vocab FILE   GGUF to copy the tokenizer.* keys from; default DIR/%s\n"
             "                     where DIR is $KVMESH_VOCAB_DIR or the build-time directory\n"
             "                     (now: %s)\n"
@@ -49,12 +50,15 @@ static void usage(FILE *f) {
             DEFAULT_VOCAB_FILE, *kvmesh_vocab_dir() ? kvmesh_vocab_dir() : "none configured");
 }
 
-/* Strict unsigned 64-bit parse: decimal or 0x hex, nothing trailing, no sign. */
+/* Strict unsigned 64-bit parse: decimal, or hex with 0x; no sign, no spaces,
+ * nothing trailing. (strtoull's base 0 would read "010" as octal 8.) */
 static int parse_u64(const char *s, uint64_t *out) {
-    if (!s || !*s || *s == '-' || *s == '+' || *s == ' ') return -1;
+    int hex = s[0] == '0' && (s[1] == 'x' || s[1] == 'X');
+    const char *digits = hex ? s + 2 : s;
+    if (!(hex ? isxdigit((unsigned char)*digits) : isdigit((unsigned char)*digits))) return -1;
     char *end;
     errno = 0;
-    unsigned long long v = strtoull(s, &end, 0);
+    unsigned long long v = strtoull(digits, &end, hex ? 16 : 10);
     if (errno || *end) return -1;
     *out = (uint64_t)v;
     return 0;
