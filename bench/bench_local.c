@@ -248,7 +248,8 @@ static void print_table(const result_row *rows, int n_rows, FILE *csv, FILE *jso
            "prefill", "TTFT avg", "p50", "p95", "TTLT avg", "p50", "p95", "state MB", "B/token", "restore", "save",
            "prefill/s");
     fprintf(csv, "kv,k,case,prompt_tokens,reused,prefilled,ttft_mean_ms,ttft_p50_ms,ttft_p95_ms,ttlt_mean_ms,ttlt_p50_ms,"
-                 "ttlt_p95_ms,state_bytes_loaded,bytes_per_token,restore_ms,save_ms_per_state,prefill_tok_per_s,n\n");
+                 "ttlt_p95_ms,state_bytes_loaded,bytes_per_token,restore_ms,state_bytes_stored,states_stored,save_ms_per_state,"
+                 "prefill_tok_per_s,n\n");
     fprintf(json, "{\n  \"bench\": \"local\",\n  \"rows\": [\n");
     int first = 1;
     for (int r = 0; r < n_rows; r++) {
@@ -263,22 +264,24 @@ static void print_table(const result_row *rows, int n_rows, FILE *csv, FILE *jso
             km_stats tps = km_stats_compute(cs.prefill_tps, n);
             double reused = cs.reused / n, prefilled = cs.prefilled / n;
             /* state size: the restored blob for hits, the largest saved one for the miss */
-            double loaded = cs.bytes_loaded / n;
+            double loaded = cs.bytes_loaded / n, stored = cs.bytes_saved / n, n_stored = cs.n_saved / n;
             double bpt = reused > 0 ? loaded / reused : 0;
-            printf("%-5s %2d %-5s %7.1f %7.1f | %8.1f %8.1f %8.1f | %8.1f %8.1f %8.1f | %9.3f %8.0f %8.2f %8.2f %9.1f\n",
+            printf("%-5s %2d %-5s %7.1f %7.1f | %8.1f %8.1f %8.1f | %8.1f %8.1f %8.1f | %8.3f %8.0f %8.2f %8.3f %8.2f %9.1f\n",
                    row->kv, row->k, case_names[c], reused, prefilled, ttft.mean, ttft.p50, ttft.p95, ttlt.mean, ttlt.p50,
-                   ttlt.p95, loaded / 1e6, bpt, rest.mean, save.mean, tps.mean);
-            fprintf(csv, "%s,%d,%s,%.1f,%.1f,%.1f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.0f,%.1f,%.3f,%.3f,%.1f,%d\n", row->kv,
-                    row->k, case_names[c], row->prompt_tokens, reused, prefilled, ttft.mean, ttft.p50, ttft.p95,
-                    ttlt.mean, ttlt.p50, ttlt.p95, loaded, bpt, rest.mean, save.mean, tps.mean, n);
+                   ttlt.p95, loaded / 1e6, bpt, rest.mean, stored / 1e6, save.mean, tps.mean);
+            fprintf(csv, "%s,%d,%s,%.1f,%.1f,%.1f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.0f,%.1f,%.3f,%.0f,%.2f,%.3f,%.1f,%d\n",
+                    row->kv, row->k, case_names[c], row->prompt_tokens, reused, prefilled, ttft.mean, ttft.p50, ttft.p95,
+                    ttlt.mean, ttlt.p50, ttlt.p95, loaded, bpt, rest.mean, stored, n_stored, save.mean, tps.mean, n);
             fprintf(json,
                     "%s    {\"kv\": \"%s\", \"k\": %d, \"case\": \"%s\", \"prompt_tokens\": %.1f, \"reused\": %.1f, "
                     "\"prefilled\": %.1f, \"ttft_ms\": {\"mean\": %.3f, \"p50\": %.3f, \"p95\": %.3f}, "
                     "\"ttlt_ms\": {\"mean\": %.3f, \"p50\": %.3f, \"p95\": %.3f}, \"state_bytes_loaded\": %.0f, "
-                    "\"bytes_per_token\": %.1f, \"restore_ms\": %.3f, \"save_ms_per_state\": %.3f, "
+                    "\"bytes_per_token\": %.1f, \"restore_ms\": %.3f, \"state_bytes_stored\": %.0f, "
+                    "\"states_stored\": %.2f, \"save_ms_per_state\": %.3f, "
                     "\"prefill_tok_per_s\": %.1f, \"n\": %d}",
                     first ? "" : ",\n", row->kv, row->k, case_names[c], row->prompt_tokens, reused, prefilled, ttft.mean,
-                    ttft.p50, ttft.p95, ttlt.mean, ttlt.p50, ttlt.p95, loaded, bpt, rest.mean, save.mean, tps.mean, n);
+                    ttft.p50, ttft.p95, ttlt.mean, ttlt.p50, ttlt.p95, loaded, bpt, rest.mean, stored, n_stored, save.mean,
+                    tps.mean, n);
             first = 0;
         }
         double cold = km_stats_compute(row->cs[C_COLD].ttft, row->cs[C_COLD].n).mean;

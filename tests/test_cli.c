@@ -109,11 +109,41 @@ static void test_run_twice_reuses(void **state) {
     free(dir);
 }
 
+/* The real-size presets load and run in llama.cpp with the real models' shapes. */
+static void test_presets_load_and_run(void **state) {
+    (void)state;
+    char *dir = tu_tmpdir();
+    static const struct {
+        const char *preset, *type, *blocks, *embd;
+    } presets[] = {{"gemma3-270m", "q8_0", "18", "640"}, {"gemma3-1b", "q4_0", "26", "1152"}};
+    for (size_t i = 0; i < sizeof presets / sizeof *presets; i++) {
+        char args[9000], model[4200];
+        snprintf(model, sizeof model, "%s/%s.gguf", dir, presets[i].preset);
+        snprintf(args, sizeof args, "gen-model --preset %s --type %s --out %s", presets[i].preset, presets[i].type, model);
+        assert_int_equal(kvmesh(args), 0);
+        snprintf(args, sizeof args, "inspect %s", model);
+        assert_int_equal(kvmesh(args), 0);
+        char want[128];
+        snprintf(want, sizeof want, "gemma3.block_count                           %s", presets[i].blocks);
+        assert_out_has(want);
+        snprintf(want, sizeof want, "gemma3.embedding_length                      %s", presets[i].embd);
+        assert_out_has(want);
+        assert_out_has("gemma3.attention.sliding_window              512");
+        snprintf(args, sizeof args, "run --model %s --no-cache -n 4 --prompt 'The quick brown fox'", model);
+        assert_int_equal(kvmesh(args), 0);
+        assert_out_has("generated 4 tok");
+        remove(model);
+    }
+    tu_rmtree(dir);
+    free(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_help_everywhere),
         cmocka_unit_test(test_errors_name_the_file),
         cmocka_unit_test(test_run_twice_reuses),
+        cmocka_unit_test(test_presets_load_and_run),
     };
     return cmocka_run_group_tests_name("cli", tests, NULL, NULL);
 }
