@@ -71,60 +71,34 @@ static int parse_list_ints(const char *s, int *out, int max) {
     return n;
 }
 
-typedef struct gen_timer {
-    double t_first, t_last;
-    int n;
-} gen_timer;
-
-static int on_tok(void *ud, int32_t t) {
-    (void)t;
-    gen_timer *g = ud;
-    double now = km_now_ms();
-    if (g->n++ == 0) g->t_first = now;
-    g->t_last = now;
-    return 0;
-}
-
-/* One request: tokenize, prefill through the cache, generate. */
+/* One request through the cache (store NULL: no cache). keys_out, if given,
+ * gets the prompt's boundary keys (computed outside the timed request). */
 static int one_request(km_ctx *c, km_store *store, char **segs, int n_segs, int n_predict, km_prefill_report *rep,
-                       double *ttft, double *ttlt, int **bounds_out, int *nb_out, km_key **keys_out) {
+                       double *ttft, double *ttlt, int *nb_out, km_key **keys_out) {
+    km_request req = {.segs = (const char *const *)segs, .n_segs = n_segs, .segment_bounds = true,
+                      .sampling = km_sampling_default(), .n_predict = n_predict};
+    km_result res;
     km_error err;
-    double t0 = km_now_ms();
-    int32_t *toks;
-    int n, *ends;
-    if (km_tokenize_segments(km_ctx_model(c), (const char *const *)segs, n_segs, &toks, &n, &ends, &err) != 0) {
+    if (km_pcache_run(c, store, 0, &req, &res, &err) != 0) {
         km_warn("%s", err.msg);
         return -1;
     }
-    int *bounds = malloc((size_t)n * sizeof *bounds);
-    /* the question segment's end is the prompt end: drop it (the end boundary is n-1) */
-    int nb = km_boundaries(ends, n_segs - 1, n, 0, bounds);
-    km_pcache_opts po = km_pcache_default_opts();
-    int rc = km_pcache_prefill(c, store, 0, toks, n, bounds, nb, &po, rep, &err);
-    if (rc == 0) {
-        km_sampling sp = km_sampling_default();
-        km_sampler *s = km_sampler_init(&sp);
-        gen_timer g = {0, 0, 0};
-        rc = km_generate(c, 0, n, s, n_predict, on_tok, &g, &err) < 0 ? -1 : 0;
-        double end = km_now_ms();
-        km_sampler_free(s);
-        *ttft = (g.n ? g.t_first : end) - t0;
-        *ttlt = (g.n ? g.t_last : end) - t0;
-    }
-    if (rc != 0) km_warn("%s", err.msg);
+    *rep = res.prefill;
+    *ttft = res.ttft_ms;
+    *ttlt = res.ttlt_ms;
     if (keys_out) {
-        *keys_out = malloc((size_t)nb * sizeof **keys_out);
-        km_keys_for_boundaries(km_ctx_root_key(c, NULL), toks, bounds, nb, *keys_out);
-    }
-    if (bounds_out) {
-        *bounds_out = bounds;
-        *nb_out = nb;
-    } else {
+        int32_t *toks;
+        int n, *ends;
+        if (km_tokenize_segments(km_ctx_model(c), req.segs, n_segs, &toks, &n, &ends, &err) != 0) return -1;
+        int *bounds = malloc((size_t)n * sizeof *bounds);
+        *nb_out = km_boundaries(ends, n_segs, n, 0, bounds);
+        *keys_out = malloc((size_t)*nb_out * sizeof **keys_out);
+        km_keys_for_boundaries(km_ctx_root_key(c, NULL), toks, bounds, *nb_out, *keys_out);
         free(bounds);
+        free(toks);
+        free(ends);
     }
-    free(toks);
-    free(ends);
-    return rc;
+    return 0;
 }
 
 static void add_sample(case_samples *cs, const km_prefill_report *r, double ttft, double ttlt) {
@@ -192,14 +166,15 @@ static int run_config(km_model *m, km_mmlu *mm, const bench_opts *o, km_kv_type 
         if (n_segs < 0) break;
         km_prefill_report rep;
         double ttft, ttlt;
+        km_store *full = NULL;
+        km_key *keys = NULL;
         /* cold: no store */
-        if (one_request(c, NULL, segs, n_segs, o->n_predict, &rep, &ttft, &ttlt, NULL, NULL, NULL) != 0) goto fail;
+        if (one_request(c, NULL, segs, n_segs, o->n_predict, &rep, &ttft, &ttlt, NULL, NULL) != 0) goto fail;
         if (j >= 0) add_sample(&row->cs[C_COLD], &rep, ttft, ttlt);
         /* miss: empty store, snapshots saved */
-        km_store *full = km_store_open(&sp, &err);
-        int *bounds, nb;
-        km_key *keys;
-        if (one_request(c, full, segs, n_segs, o->n_predict, &rep, &ttft, &ttlt, &bounds, &nb, &keys) != 0) goto fail;
+        full = km_store_open(&sp, &err);
+        int nb;
+        if (one_request(c, full, segs, n_segs, o->n_predict, &rep, &ttft, &ttlt, &nb, &keys) != 0) goto fail;
         if (j >= 0) {
             add_sample(&row->cs[C_MISS], &rep, ttft, ttlt);
             prompt_tokens += rep.n_prompt;
@@ -217,13 +192,12 @@ static int run_config(km_model *m, km_mmlu *mm, const bench_opts *o, km_kv_type 
                     free(blob);
                 }
             }
-            int rc = one_request(c, part, segs, n_segs, o->n_predict, &rep, &ttft, &ttlt, NULL, NULL, NULL);
+            int rc = one_request(c, part, segs, n_segs, o->n_predict, &rep, &ttft, &ttlt, NULL, NULL);
             km_store_close(part);
             if (rc != 0) goto fail;
             if (rep.hit_index != idx[cc]) km_warn("case %s: expected a hit at boundary %d, got %d", case_names[cc], idx[cc], rep.hit_index);
             if (j >= 0) add_sample(&row->cs[cc], &rep, ttft, ttlt);
         }
-        free(bounds);
         free(keys);
         km_store_close(full);
         for (int i = 0; i < n_segs; i++) free(segs[i]);
@@ -231,6 +205,8 @@ static int run_config(km_model *m, km_mmlu *mm, const bench_opts *o, km_kv_type 
             fprintf(stderr, "  kv %s, k=%d: %d/%d prompts\n", row->kv, k, j + 1, o->n_prompts);
         continue;
     fail:
+        free(keys);
+        if (full) km_store_close(full);
         for (int i = 0; i < n_segs; i++) free(segs[i]);
         free(segs);
         km_ctx_free(c);

@@ -48,7 +48,6 @@ typedef struct snap_ctx {
 
 static int on_boundary(void *ud, int i, int n_past, const uint8_t *state, size_t state_len) {
     snap_ctx *s = ud;
-    if (!s->store) return 0;
     double t0 = km_now_ms();
     uint8_t *blob;
     size_t len;
@@ -128,9 +127,9 @@ int km_pcache_prefill(km_ctx *c, km_store *store, int seq, const int32_t *tokens
     rep->n_reused = n_past;
     rep->n_prefilled = n_tokens - n_past;
 
-    snap_ctx sc = {c, o.save ? store : NULL, seq, tokens, keys, rep};
+    snap_ctx sc = {c, store, seq, tokens, keys, rep};
     double t0 = km_now_ms();
-    int rc = km_prefill(c, seq, tokens, n_tokens, n_past, bounds, n_bounds, o.save ? on_boundary : NULL, &sc, err);
+    int rc = km_prefill(c, seq, tokens, n_tokens, n_past, bounds, n_bounds, store && o.save ? on_boundary : NULL, &sc, err);
     rep->t_prefill_ms = km_now_ms() - t0 - rep->t_save_ms;
     free(keys);
     return rc;
@@ -166,4 +165,53 @@ int km_tokenize_segments(const km_model *m, const char *const *segs, int n_segs,
     *n_tokens = n_all;
     *seg_ends = ends;
     return 0;
+}
+
+typedef struct run_timer {
+    const km_request *req;
+    double t_first, t_last;
+    int n;
+} run_timer;
+
+static int run_on_token(void *ud, int32_t tok) {
+    run_timer *t = ud;
+    double now = km_now_ms();
+    if (t->n++ == 0) t->t_first = now;
+    t->t_last = now;
+    return t->req->on_token ? t->req->on_token(t->req->ud, tok) : 0;
+}
+
+int km_pcache_run(km_ctx *c, km_store *store, int seq, const km_request *req, km_result *res, km_error *err) {
+    memset(res, 0, sizeof *res);
+    double t0 = km_now_ms();
+    int32_t *tokens = NULL;
+    int n = 0, *ends = NULL, rc = -1;
+    if (km_tokenize_segments(km_ctx_model(c), req->segs, req->n_segs, &tokens, &n, &ends, err) != 0) return -1;
+    if (n == 0) {
+        free(tokens);
+        free(ends);
+        return km_error_set(err, "the prompt is empty");
+    }
+    int n_ctx = km_ctx_params_of(c)->n_ctx;
+    if (n + req->n_predict > n_ctx) {
+        free(tokens);
+        free(ends);
+        return km_error_set(err, "prompt (%d tokens) + %d to generate exceed the context size %d", n, req->n_predict, n_ctx);
+    }
+    int *bounds = malloc((size_t)n * sizeof *bounds);
+    int nb = km_boundaries(ends, req->segment_bounds ? req->n_segs : 0, n, req->block_size, bounds);
+    if (km_pcache_prefill(c, store, seq, tokens, n, bounds, nb, req->opts, &res->prefill, err) == 0) {
+        km_sampler *s = km_sampler_init(&req->sampling);
+        run_timer t = {req, 0, 0, 0};
+        res->n_generated = km_generate(c, seq, n, s, req->n_predict, run_on_token, &t, err);
+        km_sampler_free(s);
+        double end = km_now_ms();
+        res->ttft_ms = (t.n ? t.t_first : end) - t0;
+        res->ttlt_ms = (t.n ? t.t_last : end) - t0;
+        rc = res->n_generated < 0 ? -1 : 0;
+    }
+    free(bounds);
+    free(tokens);
+    free(ends);
+    return rc;
 }

@@ -57,6 +57,30 @@ int km_pcache_restore_blob(km_ctx *c, int seq, const uint8_t *blob, size_t len, 
                            const int32_t *req_tokens, int n_req, int expect_tokens, km_error *err);
 
 
+/* One whole request: tokenize, prefill through the cache, generate. This is
+ * the single code path of `kvmesh run`, the demo and the benchmarks. */
+typedef struct km_request {
+    const char *const *segs;   /* prompt text, as segments */
+    int n_segs;
+    bool segment_bounds;       /* boundaries at segment ends; else fixed blocks */
+    int block_size;            /* fixed-block size when !segment_bounds (0: none) */
+    km_sampling sampling;
+    int n_predict;
+    km_token_fn on_token;      /* each generated token (may be NULL) */
+    void *ud;
+    const km_pcache_opts *opts; /* NULL: defaults */
+} km_request;
+
+typedef struct km_result {
+    km_prefill_report prefill;
+    int n_generated;
+    double ttft_ms; /* request start -> first token sampled (prefill end if none) */
+    double ttlt_ms; /* request start -> last token sampled */
+} km_result;
+
+/* Run a request on seq. Timings count from the call. */
+int km_pcache_run(km_ctx *c, km_store *store, int seq, const km_request *req, km_result *res, km_error *err);
+
 /* Tokenize a prompt given as text segments: each segment is tokenized on its
  * own (BOS before the first) and the results concatenated, so a segment's
  * tokens never depend on the text that follows it and equal prefixes give

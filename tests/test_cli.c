@@ -118,7 +118,8 @@ static void test_presets_load_and_run(void **state) {
     } presets[] = {{"gemma3-270m", "q8_0", "18", "640"}, {"gemma3-1b", "q4_0", "26", "1152"}};
     for (size_t i = 0; i < sizeof presets / sizeof *presets; i++) {
         char args[9000], model[4200];
-        snprintf(model, sizeof model, "%s/%s.gguf", dir, presets[i].preset);
+        /* a directory that does not exist yet: gen-model creates it */
+        snprintf(model, sizeof model, "%s/new/dir/%s.gguf", dir, presets[i].preset);
         snprintf(args, sizeof args, "gen-model --preset %s --type %s --out %s", presets[i].preset, presets[i].type, model);
         assert_int_equal(kvmesh(args), 0);
         snprintf(args, sizeof args, "inspect %s", model);

@@ -42,23 +42,20 @@ static const char *demo_questions[] = {
     "A. Condensation on the lens\nB. A bad map\nC. Low battery\nD. Network delay\nAnswer:",
 };
 
-typedef struct demo_gen {
-    double t_first;
-    int n;
+typedef struct demo_text {
+    km_model *m;
     char text[512];
     size_t len;
-    km_model *m;
-} demo_gen;
+} demo_text;
 
 static int demo_on_token(void *ud, int32_t tok) {
-    demo_gen *g = ud;
-    if (g->n++ == 0) g->t_first = km_now_ms();
+    demo_text *d = ud;
     char piece[128];
-    int n = km_token_piece(g->m, tok, piece, sizeof piece);
-    if (g->len + (size_t)n < sizeof g->text) {
-        memcpy(g->text + g->len, piece, (size_t)n);
-        g->len += (size_t)n;
-        g->text[g->len] = 0;
+    int n = km_token_piece(d->m, tok, piece, sizeof piece);
+    if (d->len + (size_t)n < sizeof d->text) {
+        memcpy(d->text + d->len, piece, (size_t)n);
+        d->len += (size_t)n;
+        d->text[d->len] = 0;
     }
     return 0;
 }
@@ -66,35 +63,18 @@ static int demo_on_token(void *ud, int32_t tok) {
 /* One request; returns TTFT in ms (or -1) and fills text. */
 static double demo_request(km_ctx *c, km_store *store, const char **segs, int n_segs, int n_predict, km_prefill_report *rep,
                            char *text, size_t text_len) {
+    demo_text d = {km_ctx_model(c), "", 0};
+    km_request req = {.segs = segs, .n_segs = n_segs, .segment_bounds = true, .sampling = km_sampling_default(),
+                      .n_predict = n_predict, .on_token = demo_on_token, .ud = &d};
+    km_result res;
     km_error err;
-    double t0 = km_now_ms();
-    int32_t *toks;
-    int n, *ends;
-    if (km_tokenize_segments(km_ctx_model(c), segs, n_segs, &toks, &n, &ends, &err) != 0) {
+    if (km_pcache_run(c, store, 0, &req, &res, &err) != 0) {
         fprintf(stderr, "kvmesh demo: %s\n", err.msg);
         return -1;
     }
-    int *bounds = malloc((size_t)n * sizeof *bounds);
-    int nb = km_boundaries(ends, n_segs - 1, n, 0, bounds);
-    double ttft = -1;
-    if (km_pcache_prefill(c, store, 0, toks, n, bounds, nb, NULL, rep, &err) == 0) {
-        km_sampling sp = km_sampling_default();
-        km_sampler *s = km_sampler_init(&sp);
-        demo_gen g = {0, 0, "", 0, km_ctx_model(c)};
-        if (km_generate(c, 0, n, s, n_predict, demo_on_token, &g, &err) >= 0) {
-            ttft = (g.n ? g.t_first : km_now_ms()) - t0;
-            snprintf(text, text_len, "%s", g.text);
-        } else {
-            fprintf(stderr, "kvmesh demo: %s\n", err.msg);
-        }
-        km_sampler_free(s);
-    } else {
-        fprintf(stderr, "kvmesh demo: %s\n", err.msg);
-    }
-    free(bounds);
-    free(toks);
-    free(ends);
-    return ttft;
+    *rep = res.prefill;
+    snprintf(text, text_len, "%s", d.text);
+    return res.ttft_ms;
 }
 
 int cmd_demo(int argc, char **argv) {

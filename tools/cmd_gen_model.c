@@ -5,6 +5,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
+#include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -146,6 +147,14 @@ int cmd_gen_model(int argc, char **argv) {
     }
 
     km_error err = {{0}};
+    /* Like any tool writing an output file: create its directory if missing. */
+    char *dir = strdup(p.out_path);
+    int dir_rc = km_mkdir_p(dirname(dir), &err);
+    free(dir);
+    if (dir_rc != 0) {
+        fprintf(stderr, "kvmesh gen-model: %s\n", err.msg);
+        return 1;
+    }
     if (km_modelgen_write(&p, &err) != 0) {
         fprintf(stderr, "kvmesh gen-model: %s\n", err.msg);
         return 1;

@@ -76,19 +76,9 @@ static int split_segments(const char *text, const char *sep, char ***out) {
     return n;
 }
 
-typedef struct gen_state {
-    km_model *model;
-    double t_start, t_first, t_last;
-    int n;
-} gen_state;
-
-static int on_token(void *ud, int32_t tok) {
-    gen_state *g = ud;
-    double now = km_now_ms();
-    if (g->n++ == 0) g->t_first = now;
-    g->t_last = now;
+static int print_token(void *ud, int32_t tok) {
     char piece[256];
-    int len = km_token_piece(g->model, tok, piece, sizeof piece);
+    int len = km_token_piece(ud, tok, piece, sizeof piece);
     fwrite(piece, 1, (size_t)len, stdout);
     fflush(stdout);
     return 0;
@@ -212,11 +202,8 @@ int cmd_run(int argc, char **argv) {
     km_model *model = NULL;
     km_ctx *ctx = NULL;
     km_store *store = NULL;
-    km_sampler *smp = NULL;
     char **segs = NULL;
     int n_segs = 0;
-    int32_t *tokens = NULL;
-    int *seg_ends = NULL, *bounds = NULL;
     char *sep_text = sep ? unescape(sep) : NULL;
 
     model = km_model_load(model_path, &err);
@@ -241,62 +228,39 @@ int cmd_run(int argc, char **argv) {
         }
     }
 
-    /* The request starts here: TTFT and TTLT count from this point. */
-    double t0 = km_now_ms();
     n_segs = split_segments(prompt, sep_text, &segs);
-    int n_tokens = 0;
-    if (km_tokenize_segments(model, (const char *const *)segs, n_segs, &tokens, &n_tokens, &seg_ends, &err) != 0) {
-        fprintf(stderr, "kvmesh run: %s\n", err.msg);
-        goto out;
-    }
-    if (n_tokens + n_predict > cp.n_ctx) {
-        fprintf(stderr, "kvmesh run: prompt (%d tokens) + %d to generate exceed the context (%d; raise --ctx)\n",
-                n_tokens, n_predict, cp.n_ctx);
-        goto out;
-    }
-    bounds = malloc((size_t)n_tokens * sizeof *bounds);
-    int n_bounds = km_boundaries(seg_ends, sep_text ? n_segs : 0, n_tokens, block, bounds);
-
     km_pcache_opts po = km_pcache_default_opts();
     po.salt = salt;
-    km_prefill_report rep;
-    if (km_pcache_prefill(ctx, store, 0, tokens, n_tokens, bounds, n_bounds, &po, &rep, &err) != 0) {
-        fprintf(stderr, "kvmesh run: %s\n", err.msg);
-        goto out;
-    }
-    smp = km_sampler_init(&sp);
-    gen_state g = {model, t0, 0, 0, 0};
-    int n_gen = km_generate(ctx, 0, n_tokens, smp, n_predict, on_token, &g, &err);
-    if (n_gen < 0) {
+    km_request req = {.segs = (const char *const *)segs, .n_segs = n_segs, .segment_bounds = sep_text != NULL,
+                      .block_size = block, .sampling = sp, .n_predict = n_predict, .on_token = print_token,
+                      .ud = model, .opts = &po};
+    km_result res;
+    if (km_pcache_run(ctx, store, 0, &req, &res, &err) != 0) {
         fprintf(stderr, "\nkvmesh run: %s\n", err.msg);
         goto out;
     }
-    double t_end = km_now_ms();
     printf("\n");
     fflush(stdout);
     if (store) km_store_flush(store); /* snapshots are on disk before we report */
     if (!quiet) {
-        double ttft = (g.n ? g.t_first : t_end) - t0, ttlt = (g.n ? g.t_last : t_end) - t0;
+        const km_prefill_report *rep = &res.prefill;
         char hit[64];
-        if (rep.hit_index >= 0) snprintf(hit, sizeof hit, "boundary %d/%d", rep.hit_index + 1, rep.n_bounds);
+        if (rep->hit_index >= 0) snprintf(hit, sizeof hit, "boundary %d/%d", rep->hit_index + 1, rep->n_bounds);
         else snprintf(hit, sizeof hit, "miss");
         fprintf(stderr,
                 "kvmesh: ttft %.1f ms | ttlt %.1f ms | prompt %d tok | reused %d tok (%s) | prefilled %d tok | "
                 "generated %d tok | stored %d states %.2f MB | loaded %.2f MB%s\n",
-                ttft, ttlt, rep.n_prompt, rep.n_reused, hit, rep.n_prefilled, n_gen, rep.n_saved,
-                rep.bytes_saved / 1e6, rep.bytes_loaded / 1e6, rep.n_rejected ? " | rejected bad cached states" : "");
+                res.ttft_ms, res.ttlt_ms, rep->n_prompt, rep->n_reused, hit, rep->n_prefilled, res.n_generated,
+                rep->n_saved, rep->bytes_saved / 1e6, rep->bytes_loaded / 1e6,
+                rep->n_rejected ? " | rejected bad cached states" : "");
     }
     rc = 0;
 out:
-    km_sampler_free(smp);
     if (store) km_store_close(store);
     km_ctx_free(ctx);
     km_model_free(model);
     for (int i = 0; i < n_segs; i++) free(segs[i]);
     free(segs);
-    free(tokens);
-    free(seg_ends);
-    free(bounds);
     free(sep_text);
     free(file_text);
     return rc;
