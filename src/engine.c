@@ -212,7 +212,7 @@ static int rd_skip(reader *r, uint64_t a, uint64_t b) { /* skip a*b bytes, overf
 
 /* Walk a payload. learn != NULL: fill it from the payload (our own); else check
  * against ref. Returns 0 or -1 with err naming the first bad field. */
-static int state_walk(const uint8_t *buf, size_t len, int n_tokens, int n_seq, uint32_t cell_ext, state_layout *learn,
+static int state_walk(const uint8_t *buf, size_t len, int n_tokens, uint32_t cell_ext, state_layout *learn,
                       const state_layout *ref, km_error *err) {
     reader r = {buf, len, 0};
     uint32_t v;
@@ -248,7 +248,6 @@ static int state_walk(const uint8_t *buf, size_t len, int n_tokens, int n_seq, u
                 if (rd_skip(&r, 1, cell_ext) || rd_u32(&r, &sid)) return km_error_set(err, "state payload: truncated cell");
                 if ((int32_t)sid < 0 || (int32_t)sid >= 4096) return km_error_set(err, "state payload: bad sequence id");
             }
-            (void)n_seq;
             uint32_t v_trans, n_layer;
             if (rd_u32(&r, &v_trans) || rd_u32(&r, &n_layer)) return km_error_set(err, "state payload: truncated layer header");
             const cache_layout *C = R;
@@ -355,7 +354,7 @@ static void learn_layout(km_ctx *c) {
     static const uint32_t exts[] = {0, 8, 12, 16};
     bool ok = false;
     for (size_t i = 0; got && !ok && i < sizeof exts / sizeof *exts; i++)
-        ok = state_walk(buf, got, 1, c->p.n_seq, exts[i], L, NULL, &e) == 0;
+        ok = state_walk(buf, got, 1, exts[i], L, NULL, &e) == 0;
     free(buf);
     km_seq_clear(c, 0);
     if (!ok) {
@@ -566,7 +565,7 @@ int km_state_save(km_ctx *c, int seq, uint8_t *dst, size_t cap, size_t *written,
 int km_state_check(const km_ctx *c, const uint8_t *payload, size_t len, int n_tokens, km_error *err) {
     if (!c->layout) return km_error_set(err, "state layout of this model is unknown; refusing to restore");
     if (n_tokens < 1 || n_tokens > c->p.n_ctx) return km_error_set(err, "state of %d tokens does not fit the context (%d)", n_tokens, c->p.n_ctx);
-    return state_walk(payload, len, n_tokens, c->p.n_seq, c->layout->cell_ext, NULL, c->layout, err);
+    return state_walk(payload, len, n_tokens, c->layout->cell_ext, NULL, c->layout, err);
 }
 
 int km_state_restore(km_ctx *c, int seq, const uint8_t *payload, size_t len, int n_tokens, km_error *err) {

@@ -380,11 +380,63 @@ static void test_tokenize_and_fingerprint(void **state) {
     km_model_free(b);
 }
 
+typedef struct tok_list {
+    int32_t t[16];
+    int n;
+} tok_list;
+
+static int keep_token(void *ud, int32_t tok) {
+    tok_list *l = ud;
+    l->t[l->n++] = tok;
+    return 0;
+}
+
+static void sample_run(km_ctx *c, const int32_t *toks, int n, float temp, uint32_t seed, tok_list *out) {
+    km_error err;
+    int b[1] = {n - 1};
+    km_seq_clear(c, 0);
+    assert_int_equal(km_prefill(c, 0, toks, n, 0, b, 1, NULL, NULL, &err), 0);
+    km_sampling sp = km_sampling_default();
+    sp.temp = temp;
+    sp.seed = seed;
+    km_sampler *s = km_sampler_init(&sp);
+    out->n = 0;
+    int got = km_generate(c, 0, n, s, 16, keep_token, out, &err);
+    assert_int_equal(got, out->n);
+    km_sampler_free(s);
+}
+
+/* Temperature sampling is reproducible for a seed and depends on it. */
+static void test_seeded_sampling(void **state) {
+    (void)state;
+    km_error err;
+    km_model *m = km_model_load(tu_model("tiny-f16.gguf"), &err);
+    km_ctx_params cp = km_ctx_default_params();
+    cp.n_ctx = 256;
+    km_ctx *c = km_ctx_init(m, &cp, &err);
+    int32_t *toks = make_prompt(20, km_model_n_vocab(m));
+    tok_list a, b, other, greedy1, greedy2;
+    sample_run(c, toks, 20, 1.0f, 42, &a);
+    sample_run(c, toks, 20, 1.0f, 42, &b);
+    sample_run(c, toks, 20, 1.0f, 43, &other);
+    sample_run(c, toks, 20, 0.0f, 0, &greedy1);
+    sample_run(c, toks, 20, 0.0f, 99, &greedy2);
+    assert_int_equal(a.n, 16);
+    assert_memory_equal(a.t, b.t, sizeof a.t);
+    assert_memory_not_equal(a.t, other.t, sizeof a.t);
+    assert_memory_equal(greedy1.t, greedy2.t, sizeof greedy1.t); /* greedy ignores the seed */
+    assert_memory_not_equal(a.t, greedy1.t, sizeof a.t);
+    free(toks);
+    km_ctx_free(c);
+    km_model_free(m);
+}
+
 int main(void) {
     km_log_level = 0;
     km_engine_init();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_tokenize_and_fingerprint),
+        cmocka_unit_test(test_seeded_sampling),
         cmocka_unit_test(test_exact_tiny_f16_1thread),
         cmocka_unit_test(test_exact_tiny_f16_noflash_2threads),
         cmocka_unit_test(test_exact_tiny_q8kv_2threads),
