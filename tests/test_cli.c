@@ -133,6 +133,17 @@ static void test_presets_load_and_run(void **state) {
         snprintf(args, sizeof args, "run --model %s --no-cache -n 4 --prompt 'The quick brown fox'", model);
         assert_int_equal(kvmesh(args), 0);
         assert_out_has("generated 4 tok");
+        /* through the cache, twice: the second run is a full hit with the same text */
+        snprintf(args, sizeof args, "run --model %s --cache-dir %s/cache -n 8 --segment-sep '. ' --prompt "
+                 "'Edge devices share prompt states. They save time. The quick brown fox'", model, dir);
+        assert_int_equal(kvmesh(args), 0);
+        assert_out_has("(miss)");
+        static char cold_text[sizeof out_buf];
+        memcpy(cold_text, out_buf, sizeof out_buf);
+        *strstr(cold_text, "kvmesh: ttft") = 0;
+        assert_int_equal(kvmesh(args), 0);
+        assert_out_has("(boundary 3/3)");
+        if (strncmp(out_buf, cold_text, strlen(cold_text)) != 0) fail_msg("text differs:\n%s\nvs\n%s", cold_text, out_buf);
         remove(model);
     }
     tu_rmtree(dir);

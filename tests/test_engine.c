@@ -5,12 +5,14 @@
  * and the greedy continuation (32 tokens) is identical -- for every boundary,
  * for the full hit, and for prompts longer than the sliding window.
  *
- * Bit-identical configurations (measured, and asserted here):
- *   f16 KV with 1 thread; f16 KV with flash attention off (2 threads);
- *   q8_0 KV (flash attention on, 2 threads).
- * Not bit-identical: f16 KV + flash attention + 2 threads, where llama.cpp
- * splits the attention work by cache length; there we assert identical greedy
- * tokens and a logit difference within the measured bound. */
+ * Every configuration tested is bit-identical: f16 KV with 1 thread; f16 KV
+ * with flash attention off or on, 2 threads; q8_0 KV (flash attention on),
+ * 2 threads; q4_0 weights; the real stories260K model. Without the engine's
+ * layout step at each boundary (engine.h), f16 KV with 2 threads differed
+ * after a restore by up to 1.3e-3 (flash attention off) and 1.9e-3 (on) on
+ * the tiny model, and LLAMACPP-NOTES.md measured up to 0.06 on gemma3-270m
+ * (flash attention on): llama.cpp sums attention over cells in cache order,
+ * and a restore places the cells elsewhere than a cold run does. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -75,8 +77,6 @@ typedef struct exact_cfg {
     km_kv_type kv;
     int threads;
     int flash_attn;
-    bool bit_exact;   /* else: tokens identical and logits within tolerance */
-    float tolerance;
     int n_prompt;
 } exact_cfg;
 
@@ -133,15 +133,10 @@ static void check_exactness(const exact_cfg *cfg) {
         assert_int_equal(km_prefill(c, 0, toks, n, bounds[i], bounds, nb, NULL, NULL, &err), 0);
         run_result warm;
         finish_run(c, n, &warm);
-        float d = max_abs_diff(cold.logits, warm.logits, nv);
-        if (cfg->bit_exact) {
-            if (memcmp(cold.logits, warm.logits, (size_t)nv * sizeof(float)) != 0)
-                fail_msg("%s kv=%s threads=%d fa=%d: logits differ after restoring at %d/%d (max diff %g)", cfg->model,
-                         km_kv_type_name(cfg->kv), cfg->threads, cfg->flash_attn, bounds[i], n, d);
-        } else {
-            if (!(d <= cfg->tolerance)) fail_msg("logit difference %g above the bound %g at boundary %d", d, cfg->tolerance, bounds[i]);
-            print_message("    boundary %d: max logit difference %g (bound %g)\n", bounds[i], d, cfg->tolerance);
-        }
+        if (memcmp(cold.logits, warm.logits, (size_t)nv * sizeof(float)) != 0)
+            fail_msg("%s kv=%s threads=%d fa=%d: logits differ after restoring at %d/%d (max diff %g)", cfg->model,
+                     km_kv_type_name(cfg->kv), cfg->threads, cfg->flash_attn, bounds[i], n,
+                     max_abs_diff(cold.logits, warm.logits, nv));
         assert_int_equal(warm.n_greedy, cold.n_greedy);
         assert_memory_equal(warm.greedy, cold.greedy, (size_t)cold.n_greedy * sizeof(int32_t));
         free(warm.logits);
@@ -156,7 +151,7 @@ static void check_exactness(const exact_cfg *cfg) {
     assert_int_equal(rep.n_saved, 0);
     run_result full;
     finish_run(c, n, &full);
-    if (cfg->bit_exact) assert_memory_equal(full.logits, cold.logits, (size_t)nv * sizeof(float));
+    assert_memory_equal(full.logits, cold.logits, (size_t)nv * sizeof(float));
     assert_memory_equal(full.greedy, cold.greedy, (size_t)cold.n_greedy * sizeof(int32_t));
     free(full.logits);
 
@@ -169,32 +164,33 @@ static void check_exactness(const exact_cfg *cfg) {
 
 static void test_exact_tiny_f16_1thread(void **state) {
     (void)state;
-    exact_cfg cfg = {tu_model("tiny-f16.gguf"), KM_KV_F16, 1, -1, true, 0, 200};
+    exact_cfg cfg = {tu_model("tiny-f16.gguf"), KM_KV_F16, 1, -1, 200};
     check_exactness(&cfg);
 }
 
 static void test_exact_tiny_f16_noflash_2threads(void **state) {
     (void)state;
-    exact_cfg cfg = {tu_model("tiny-f16.gguf"), KM_KV_F16, 2, 0, true, 0, 200};
+    /* 450 tokens: past the window and past the sliding-window cache's size
+     * (window + batch, padded to 256 cells), so its cells wrap around */
+    exact_cfg cfg = {tu_model("tiny-f16.gguf"), KM_KV_F16, 2, 0, 450};
     check_exactness(&cfg);
 }
 
 static void test_exact_tiny_q8kv_2threads(void **state) {
     (void)state;
-    exact_cfg cfg = {tu_model("tiny-q8_0.gguf"), KM_KV_Q8_0, 2, 1, true, 0, 200};
+    exact_cfg cfg = {tu_model("tiny-q8_0.gguf"), KM_KV_Q8_0, 2, 1, 200};
     check_exactness(&cfg);
 }
 
 static void test_exact_tiny_q4_weights(void **state) {
     (void)state;
-    exact_cfg cfg = {tu_model("tiny-q4_0.gguf"), KM_KV_F16, 1, -1, true, 0, 180};
+    exact_cfg cfg = {tu_model("tiny-q4_0.gguf"), KM_KV_F16, 1, -1, 180};
     check_exactness(&cfg);
 }
 
-static void test_close_tiny_f16_flash_2threads(void **state) {
+static void test_exact_tiny_f16_flash_2threads(void **state) {
     (void)state;
-    /* llama.cpp measured up to 0.06 on gemma3-270m; the bound leaves margin. */
-    exact_cfg cfg = {tu_model("tiny-f16.gguf"), KM_KV_F16, 2, 1, false, 0.1f, 200};
+    exact_cfg cfg = {tu_model("tiny-f16.gguf"), KM_KV_F16, 2, 1, 450};
     check_exactness(&cfg);
 }
 
@@ -207,9 +203,9 @@ static void test_exact_stories260k(void **state) {
     }
     char path[4096];
     snprintf(path, sizeof path, "%s", p);
-    exact_cfg cfg = {path, KM_KV_F16, 1, -1, true, 0, 200};
+    exact_cfg cfg = {path, KM_KV_F16, 1, -1, 200};
     check_exactness(&cfg);
-    exact_cfg cfg2 = {path, KM_KV_F16, 2, 0, true, 0, 200};
+    exact_cfg cfg2 = {path, KM_KV_F16, 2, 0, 200};
     check_exactness(&cfg2);
 }
 
@@ -441,7 +437,7 @@ int main(void) {
         cmocka_unit_test(test_exact_tiny_f16_noflash_2threads),
         cmocka_unit_test(test_exact_tiny_q8kv_2threads),
         cmocka_unit_test(test_exact_tiny_q4_weights),
-        cmocka_unit_test(test_close_tiny_f16_flash_2threads),
+        cmocka_unit_test(test_exact_tiny_f16_flash_2threads),
         cmocka_unit_test(test_exact_stories260k),
         cmocka_unit_test(test_fact_swa_cut_back_is_wrong),
         cmocka_unit_test(test_fact_batching_changes_logits),
