@@ -43,7 +43,7 @@ void km_mmlu_items_free(km_mmlu_item *items, int n);
  *            (with answers) about <subject with _ -> space>.\n\n")
  *   seg[1..k] = each few-shot example, "question\nA. ..\nB. ..\nC. ..\nD. ..\nAnswer: X\n\n"
  *   seg[k+1] = the test question, ending "Answer:"
- * k is capped at n_dev. Returns the number of segments written (k + 2); the
+ * k is capped at n_dev. Returns the number of segments written (k + 2), or -1 when out of memory; the
  * strings are malloc'd, free each. segs must hold k + 2 pointers. */
 int km_mmlu_prompt_segments(const km_mmlu_subject *s, int k, const km_mmlu_item *q, char **segs);
 

@@ -28,7 +28,7 @@ typedef struct km_store_params {
     size_t ram_budget;     /* bytes of blob data kept in RAM (default 256 MiB; 0 = no RAM tier) */
     const char *disk_dir;  /* NULL = no disk tier; created if missing */
     uint64_t disk_budget;  /* bytes on disk (0 = unlimited); oldest-used files go first */
-    size_t max_blob_size;  /* larger puts and files are refused (default 1 GiB) */
+    size_t max_blob_size;  /* larger puts and files are refused (default, and 0: 1 GiB) */
 } km_store_params;
 
 typedef struct km_store_stats {
@@ -46,7 +46,8 @@ km_store *km_store_open(const km_store_params *p, km_error *err);
 void km_store_close(km_store *s);
 
 /* Store a copy of blob under key (replacing any previous entry). A blob larger
- * than the RAM budget skips the RAM tier. Returns -1 only for a refused put. */
+ * than the RAM budget skips the RAM tier. Returns -1 for a blob over
+ * max_blob_size or when out of memory. */
 int km_store_put(km_store *s, km_key key, const uint8_t *blob, size_t len, km_error *err);
 
 /* Fetch a copy (malloc'd; caller frees). RAM first, then disk (promoted to RAM).
