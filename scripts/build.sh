@@ -11,7 +11,8 @@ case "$kind" in
     sanitize) dir=$root/build-asan; flags=(-DCMAKE_BUILD_TYPE=RelWithDebInfo -DKVMESH_SANITIZE=ON) ;;
     *) echo "usage: scripts/build.sh [release|sanitize]" >&2; exit 2 ;;
 esac
-cmake -S "$root" -B "$dir" -DCMAKE_PREFIX_PATH="$prefix" "${flags[@]}" >"$dir.configure.log" 2>&1 \
-    || { cat "$dir.configure.log" >&2; exit 1; }
+mkdir -p "$dir"
+cmake -S "$root" -B "$dir" -DCMAKE_PREFIX_PATH="$prefix" "${flags[@]}" >"$dir/configure.log" 2>&1 \
+    || { cat "$dir/configure.log" >&2; exit 1; }
 cmake --build "$dir" -j"$(nproc)" 2>&1 | grep -vE '^\[ *[0-9]+%\]|^-- ' >&2 || true
 [ "${PIPESTATUS[0]}" -eq 0 ] && [ -x "$dir/kvmesh" ] || { echo "build failed" >&2; exit 1; }
