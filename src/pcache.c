@@ -7,7 +7,7 @@
 #include "blob.h"
 
 km_pcache_opts km_pcache_default_opts(void) {
-    km_pcache_opts o = {.salt = NULL, .lookup = true, .save = true, .max_blob = (size_t)1 << 30};
+    km_pcache_opts o = {.salt = NULL, .lookup = true, .save = true, .max_blob = (size_t)1 << 30, .redis = NULL};
     return o;
 }
 
@@ -40,6 +40,7 @@ int km_pcache_restore_blob(km_ctx *c, int seq, const uint8_t *blob, size_t len, 
 typedef struct snap_ctx {
     km_ctx *c;
     km_store *store;
+    km_redis *redis;
     int seq;
     const int32_t *tokens;
     const km_key *keys;
@@ -55,11 +56,16 @@ static int on_boundary(void *ud, int i, int n_past, const uint8_t *state, size_t
     if (km_blob_from_state(s->c, s->tokens, n_past, state, state_len, &blob, &len, &e) != 0) {
         km_warn("snapshot at %d tokens failed: %s", n_past, e.msg);
     } else {
-        if (km_store_put(s->store, s->keys[i], blob, len, &e) == 0) {
+        if (!s->store || km_store_put(s->store, s->keys[i], blob, len, &e) == 0) {
             s->rep->n_saved++;
             s->rep->bytes_saved += len;
         } else {
             km_warn("snapshot at %d tokens not stored: %s", n_past, e.msg);
+        }
+        /* write-behind: queued here, sent by the tier's own thread */
+        if (s->redis && km_redis_put_async(s->redis, s->keys[i], blob, len, &e) == 0) {
+            s->rep->n_uploaded++;
+            s->rep->bytes_uploaded += len;
         }
         free(blob);
     }
@@ -67,34 +73,64 @@ static int on_boundary(void *ud, int i, int n_past, const uint8_t *state, size_t
     return 0; /* a failed snapshot costs reuse later, never this request */
 }
 
+/* Fetch the blob of key from a tier: 0 got it, 1 not there, -1 error.
+ * Order: the local store (exact index), then the shared tier, but only when
+ * its catalog says it may hold the key: no catalog hit, no round trip. */
+static int fetch_blob(km_store *store, km_redis *redis, km_key key, uint8_t **blob, size_t *len, int *tier,
+                      km_prefill_report *rep) {
+    km_error e;
+    if (store && km_store_contains(store, key)) {
+        int rc = km_store_get(store, key, blob, len, &e);
+        if (rc == 0) {
+            *tier = KM_TIER_LOCAL;
+            return 0;
+        }
+        if (rc < 0) km_warn("cache read failed: %s", e.msg);
+    }
+    if (redis && km_redis_maybe_has(redis, key)) {
+        double t0 = km_now_ms();
+        int rc = km_redis_get(redis, key, blob, len, &e);
+        rep->t_remote_ms += km_now_ms() - t0;
+        rep->n_remote_gets++;
+        if (rc == 0) {
+            rep->bytes_remote += *len;
+            *tier = KM_TIER_REDIS;
+            return 0;
+        }
+        if (rc == 1) rep->n_false_positives++; /* the catalog was stale or wrong: a miss */
+    }
+    return 1;
+}
+
 /* Longest valid stored prefix: restore it and return its boundary index, or -1. */
-static int restore_longest(km_ctx *c, km_store *store, int seq, const int32_t *tokens, int n_tokens, const int *bounds,
-                           int n_bounds, const km_key *keys, const km_pcache_opts *o, km_prefill_report *rep) {
+static int restore_longest(km_ctx *c, km_store *store, km_redis *redis, int seq, const int32_t *tokens, int n_tokens,
+                           const int *bounds, int n_bounds, const km_key *keys, const km_pcache_opts *o,
+                           km_prefill_report *rep) {
     for (int i = n_bounds - 1; i >= 0; i--) {
-        if (!km_store_contains(store, keys[i])) continue;
         uint8_t *blob = NULL;
         size_t len = 0;
+        int tier = KM_TIER_NONE;
+        if (fetch_blob(store, redis, keys[i], &blob, &len, &tier, rep) != 0) continue;
         km_error e;
-        int rc = km_store_get(store, keys[i], &blob, &len, &e);
-        if (rc == 1) continue; /* evicted since contains() */
-        if (rc < 0) {
-            km_warn("cache read failed: %s", e.msg);
-            continue;
-        }
         double t0 = km_now_ms();
-        rc = km_pcache_restore_blob(c, seq, blob, len, o->max_blob, tokens, n_tokens, bounds[i], &e);
+        int rc = km_pcache_restore_blob(c, seq, blob, len, o->max_blob, tokens, n_tokens, bounds[i], &e);
         double dt = km_now_ms() - t0;
-        free(blob);
         if (rc == 0) {
             rep->t_restore_ms += dt;
             rep->bytes_loaded += len;
+            rep->hit_tier = tier;
+            /* keep a fetched state locally: the next request finds it without the network */
+            if (tier == KM_TIER_REDIS && store) km_store_put(store, keys[i], blob, len, &e);
+            free(blob);
             return i;
         }
+        free(blob);
         char hex[2 * KM_KEY_LEN + 1];
         km_key_hex(keys[i], hex);
-        km_warn("cached state %s rejected and removed: %s", hex, e.msg);
+        km_warn("cached state %s from the %s tier rejected and removed: %s", hex, tier == KM_TIER_REDIS ? "Redis" : "local", e.msg);
         rep->n_rejected++;
-        km_store_remove(store, keys[i]);
+        if (tier == KM_TIER_REDIS) km_redis_del(redis, keys[i], &e);
+        else km_store_remove(store, keys[i]);
     }
     return -1;
 }
@@ -110,13 +146,14 @@ int km_pcache_prefill(km_ctx *c, km_store *store, int seq, const int32_t *tokens
 
     km_key *keys = NULL;
     int n_past = 0;
-    if (store && n_bounds > 0) {
+    km_redis *redis = o.redis;
+    if ((store || redis) && n_bounds > 0) {
         double t0 = km_now_ms();
         keys = malloc((size_t)n_bounds * sizeof *keys);
         km_keys_for_boundaries(km_ctx_root_key(c, o.salt), tokens, bounds, n_bounds, keys);
         if (o.lookup) {
             double t_restore_before = rep->t_restore_ms;
-            rep->hit_index = restore_longest(c, store, seq, tokens, n_tokens, bounds, n_bounds, keys, &o, rep);
+            rep->hit_index = restore_longest(c, store, redis, seq, tokens, n_tokens, bounds, n_bounds, keys, &o, rep);
             rep->t_lookup_ms = km_now_ms() - t0 - (rep->t_restore_ms - t_restore_before);
         } else {
             rep->t_lookup_ms = km_now_ms() - t0;
@@ -127,9 +164,9 @@ int km_pcache_prefill(km_ctx *c, km_store *store, int seq, const int32_t *tokens
     rep->n_reused = n_past;
     rep->n_prefilled = n_tokens - n_past;
 
-    snap_ctx sc = {c, store, seq, tokens, keys, rep};
+    snap_ctx sc = {c, store, redis, seq, tokens, keys, rep};
     double t0 = km_now_ms();
-    int rc = km_prefill(c, seq, tokens, n_tokens, n_past, bounds, n_bounds, store && o.save ? on_boundary : NULL, &sc, err);
+    int rc = km_prefill(c, seq, tokens, n_tokens, n_past, bounds, n_bounds, (store || redis) && o.save ? on_boundary : NULL, &sc, err);
     rep->t_prefill_ms = km_now_ms() - t0 - rep->t_save_ms;
     free(keys);
     return rc;

@@ -1,8 +1,13 @@
 /* pcache.h -- the prompt cache: prefill a prompt reusing the longest stored prefix.
  *
- *   keys of all boundaries -> longest key present in the store whose blob
- *   validates (checksum, model, KV types, tokens, state layout) -> restore ->
- *   prefill the rest, snapshotting the state at every new boundary -> store.
+ *   keys of all boundaries -> longest key whose blob can be had and validates
+ *   (checksum, model, KV types, tokens, state layout) -> restore -> prefill
+ *   the rest, snapshotting the state at every new boundary -> store.
+ *
+ * Where blobs come from, per boundary (longest first): the local store, then
+ * the shared Redis tier if its catalog may hold the key (no catalog hit, no
+ * round trip). A state fetched from Redis is kept locally; new snapshots go to
+ * the local store at once and to Redis write-behind.
  *
  * A blob that fails validation is reported, counted, removed from the store,
  * and the next shorter prefix is tried: a bad blob costs time, never a wrong
@@ -15,14 +20,18 @@
 #include <stdint.h>
 
 #include "engine.h"
+#include "redis_tier.h"
 #include "store.h"
 
 typedef struct km_pcache_opts {
     const char *salt;   /* key-space salt (NULL: none) */
     bool lookup;        /* reuse stored states (default true) */
     bool save;          /* store snapshots of new boundaries (default true) */
-    size_t max_blob;    /* largest blob accepted from the store (default 1 GiB) */
+    size_t max_blob;    /* largest blob accepted from a tier (default 1 GiB) */
+    km_redis *redis;    /* shared tier (default NULL: none) */
 } km_pcache_opts;
+
+enum { KM_TIER_NONE = 0, KM_TIER_LOCAL = 1, KM_TIER_REDIS = 2 };
 
 km_pcache_opts km_pcache_default_opts(void);
 
@@ -30,12 +39,19 @@ typedef struct km_prefill_report {
     int n_prompt;        /* prompt tokens */
     int n_bounds;        /* boundaries (the last is n_prompt - 1) */
     int hit_index;       /* boundary restored from (0-based), -1 on a miss */
+    int hit_tier;        /* KM_TIER_* the restored state came from */
     int n_reused;        /* tokens restored from the cache */
     int n_prefilled;     /* tokens computed */
     int n_rejected;      /* stored blobs that failed validation (removed) */
     int n_saved;         /* snapshots stored */
     size_t bytes_loaded; /* blob bytes restored */
     size_t bytes_saved;  /* blob bytes stored */
+    int n_remote_gets;   /* GETs sent to the shared tier (each after a catalog hit) */
+    int n_false_positives; /* catalog hits whose GET found nothing */
+    size_t bytes_remote; /* blob bytes fetched from the shared tier */
+    int n_uploaded;      /* snapshots queued for the shared tier (write-behind) */
+    size_t bytes_uploaded;
+    double t_remote_ms;  /* time in shared-tier GETs (part of t_lookup_ms) */
     double t_lookup_ms;  /* key hashing + store lookups + blob validation */
     double t_restore_ms; /* llama_state_seq_set_data */
     double t_prefill_ms; /* decoding, excluding snapshots */

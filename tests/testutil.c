@@ -40,3 +40,62 @@ const char *tu_kvmesh_bin(void) {
     const char *b = getenv("KVMESH_BIN");
     return b ? b : "kvmesh";
 }
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+
+int tu_free_port(void) {
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = 0};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (bind(s, (struct sockaddr *)&a, sizeof a) != 0) {
+        close(s);
+        return -1;
+    }
+    socklen_t l = sizeof a;
+    getsockname(s, (struct sockaddr *)&a, &l);
+    close(s);
+    return ntohs(a.sin_port);
+}
+
+static int port_accepts(int port) {
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    int ok = connect(s, (struct sockaddr *)&a, sizeof a) == 0;
+    close(s);
+    return ok;
+}
+
+int tu_redis_start(int port, const char *extra) {
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd,
+             "exec redis-server --bind 127.0.0.1 --port %d --save '' --appendonly no --daemonize no "
+             "--loglevel warning --logfile '' %s >/dev/null 2>&1",
+             port, extra ? extra : "");
+    pid_t pid = fork();
+    if (pid < 0) return -1;
+    if (pid == 0) {
+        execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+        _exit(127);
+    }
+    for (int i = 0; i < 500; i++) { /* up to 5 s */
+        if (port_accepts(port)) return pid;
+        int st;
+        if (waitpid(pid, &st, WNOHANG) == pid) return -1; /* exited: not installed, port taken */
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    tu_redis_stop(pid, 1);
+    return -1;
+}
+
+void tu_redis_stop(int pid, int kill_hard) {
+    if (pid <= 0) return;
+    kill(pid, kill_hard ? SIGKILL : SIGTERM);
+    waitpid(pid, NULL, 0);
+}

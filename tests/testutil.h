@@ -18,4 +18,14 @@ void tu_rmtree(const char *dir);
 /* The kvmesh binary under test. */
 const char *tu_kvmesh_bin(void);
 
+
+/* A free TCP port on 127.0.0.1 (bound and released; good enough for tests). */
+int tu_free_port(void);
+/* Start redis-server on 127.0.0.1:port with no persistence (extra: more
+ * arguments, e.g. "--requirepass x", or NULL). Waits until it accepts
+ * connections. Returns its pid, or -1 (redis-server missing or not starting). */
+int tu_redis_start(int port, const char *extra);
+/* SIGTERM and reap (SIGKILL if kill_hard). */
+void tu_redis_stop(int pid, int kill_hard);
+
 #endif

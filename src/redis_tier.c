@@ -1,0 +1,721 @@
+/* redis_tier.c -- see redis_tier.h. */
+#include "redis_tier.h"
+
+#include <errno.h>
+#include <hiredis/hiredis.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define BACKOFF_MIN_MS 100
+#define BACKOFF_MAX_MS 5000
+
+/* One connection with its own down/backoff state. The request path and the
+ * writer thread each own one: hiredis contexts are not thread-safe, and an
+ * upload in flight must never delay a GET. */
+typedef struct conn {
+    redisContext *ctx;
+    double next_retry_ms;
+    int backoff_ms;
+    bool warned;
+    const char *role;
+} conn;
+
+typedef struct job {
+    km_key key;
+    uint8_t *data;
+    size_t len;
+    struct job *next;
+} job;
+
+struct km_redis {
+    km_redis_params p;
+    char *url;
+    char host[256];
+    int port, db;
+    char *user, *password;
+    char ns[48]; /* "kvmesh:v1:<fingerprint hex>:" (43 chars) */
+
+    pthread_mutex_t req_lock; /* request path: req connection */
+    conn req;
+
+    pthread_mutex_t q_lock; /* upload queue, writer state, stats */
+    pthread_cond_t q_cond;  /* work arrived or stop */
+    pthread_cond_t q_idle;  /* queue drained */
+    job *head, *tail;
+    size_t q_bytes;
+    int q_len, in_flight;
+    bool stop;
+    pthread_t writer;
+    conn wr;
+
+    /* catalog: local copy, synced by its own thread and connection */
+    pthread_mutex_t cat_lock; /* catalog, cat_pos */
+    km_catalog *catalog;
+    uint64_t cat_pos;         /* entries of the added list the copy covers */
+    double last_full_ms, last_rebuild_ms;
+    pthread_mutex_t sync_lock; /* sync connection; one sync at a time */
+    conn sync;
+    pthread_t syncer;
+    pthread_cond_t sync_cond; /* wakes the syncer early (stop); waits under q_lock */
+    bool has_syncer;
+
+    km_redis_stats st;
+};
+
+km_redis_params km_redis_default_params(void) {
+    km_redis_params p = {.url = NULL, .connect_timeout_ms = 500, .io_timeout_ms = 2000, .ttl_s = 0,
+                         .max_blob = (size_t)1 << 30, .queue_budget = (size_t)512 << 20,
+                         .catalog = km_catalog_default_params(), .sync_period_ms = 500, .full_refresh_ms = 30000,
+                         .rebuild_period_ms = 0};
+    return p;
+}
+
+int km_redis_parse_url(const char *url, char *host, size_t host_len, int *port, int *db, char **user, char **password,
+                       km_error *err) {
+    *port = 6379;
+    *db = 0;
+    *user = *password = NULL;
+    if (strncmp(url, "redis://", 8) != 0) return km_error_set(err, "%s: a Redis URL starts with redis://", url);
+    const char *p = url + 8;
+    const char *at = strrchr(p, '@');
+    if (at) {
+        const char *colon = memchr(p, ':', (size_t)(at - p));
+        if (colon) {
+            if (colon > p) *user = strndup(p, (size_t)(colon - p));
+            *password = strndup(colon + 1, (size_t)(at - colon - 1));
+        } else {
+            *password = strndup(p, (size_t)(at - p)); /* redis://password@host */
+        }
+        p = at + 1;
+    }
+    const char *end = p + strcspn(p, ":/");
+    size_t hl = (size_t)(end - p);
+    if (hl == 0 || hl >= host_len) goto bad;
+    memcpy(host, p, hl);
+    host[hl] = 0;
+    p = end;
+    if (*p == ':') {
+        char *e;
+        long v = strtol(p + 1, &e, 10);
+        if (e == p + 1 || v < 1 || v > 65535) goto bad;
+        *port = (int)v;
+        p = e;
+    }
+    if (*p == '/') {
+        if (p[1]) {
+            char *e;
+            long v = strtol(p + 1, &e, 10);
+            if (e == p + 1 || *e || v < 0 || v > 1000000) goto bad;
+            *db = (int)v;
+        }
+    } else if (*p) {
+        goto bad;
+    }
+    return 0;
+bad:
+    free(*user);
+    free(*password);
+    *user = *password = NULL;
+    return km_error_set(err, "%s: not a valid redis://[user:password@]host:port[/db] URL", url);
+}
+
+static struct timeval ms_tv(int ms) {
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    return tv;
+}
+
+/* Run a command whose reply must be a status OK (AUTH, SELECT). */
+static int expect_ok(redisContext *c, km_error *err, const char *what, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *r = redisvCommand(c, fmt, ap);
+    va_end(ap);
+    int rc = 0;
+    if (!r) rc = km_error_set(err, "%s: %s", what, c->errstr);
+    else if (r->type == REDIS_REPLY_ERROR) rc = km_error_set(err, "%s: %s", what, r->str);
+    if (r) freeReplyObject(r);
+    return rc;
+}
+
+static redisContext *connect_redis(km_redis *r, km_error *err) {
+    redisContext *c = redisConnectWithTimeout(r->host, r->port, ms_tv(r->p.connect_timeout_ms));
+    if (!c || c->err) {
+        km_error_set(err, "%s", c ? c->errstr : "out of memory");
+        if (c) redisFree(c);
+        return NULL;
+    }
+    redisSetTimeout(c, ms_tv(r->p.io_timeout_ms));
+    if (r->password) {
+        int rc = r->user ? expect_ok(c, err, "AUTH", "AUTH %s %s", r->user, r->password)
+                         : expect_ok(c, err, "AUTH", "AUTH %s", r->password);
+        if (rc != 0) {
+            redisFree(c);
+            return NULL;
+        }
+    }
+    if (r->db != 0 && expect_ok(c, err, "SELECT", "SELECT %d", r->db) != 0) {
+        redisFree(c);
+        return NULL;
+    }
+    return c;
+}
+
+static void mark_down(km_redis *r, conn *cn, const char *why) {
+    if (cn->ctx) {
+        redisFree(cn->ctx);
+        cn->ctx = NULL;
+    }
+    cn->backoff_ms = cn->backoff_ms ? cn->backoff_ms * 2 : BACKOFF_MIN_MS;
+    if (cn->backoff_ms > BACKOFF_MAX_MS) cn->backoff_ms = BACKOFF_MAX_MS;
+    cn->next_retry_ms = km_now_ms() + cn->backoff_ms;
+    if (!cn->warned) {
+        km_warn("Redis at %s:%d unavailable for %s (%s); going on without it, retrying in the background", r->host,
+                r->port, cn->role, why);
+        cn->warned = true;
+    }
+}
+
+/* A live connection, or NULL while down (no attempt before the backoff ends). */
+static redisContext *ensure(km_redis *r, conn *cn) {
+    if (cn->ctx) return cn->ctx;
+    if (km_now_ms() < cn->next_retry_ms) return NULL;
+    km_error e;
+    cn->ctx = connect_redis(r, &e);
+    if (!cn->ctx) {
+        mark_down(r, cn, e.msg);
+        return NULL;
+    }
+    if (cn->warned) km_info("Redis at %s:%d is back (%s)", r->host, r->port, cn->role);
+    cn->warned = false;
+    cn->backoff_ms = 0;
+    return cn->ctx;
+}
+
+void km_redis_state_key(const km_redis *r, km_key key, char *out, size_t len) {
+    char hex[2 * KM_KEY_LEN + 1];
+    km_key_hex(key, hex);
+    snprintf(out, len, "%ss:%s", r->ns, hex);
+}
+
+/* ------------------------------------------------------------------ writer */
+
+static void *writer_main(void *arg) {
+    km_redis *r = arg;
+    pthread_mutex_lock(&r->q_lock);
+    for (;;) {
+        while (!r->head && !r->stop) pthread_cond_wait(&r->q_cond, &r->q_lock);
+        if (!r->head) break; /* stop and nothing left */
+        if (r->stop && r->wr.ctx == NULL && km_now_ms() < r->wr.next_retry_ms) break;
+        job *j = r->head;
+        r->head = j->next;
+        if (!r->head) r->tail = NULL;
+        r->q_len--;
+        r->q_bytes -= j->len;
+        r->in_flight = 1;
+        pthread_mutex_unlock(&r->q_lock);
+
+        double t0 = km_now_ms();
+        redisContext *c = ensure(r, &r->wr);
+        bool sent = false;
+        char key[128];
+        km_redis_state_key(r, j->key, key, sizeof key);
+        if (c) {
+            /* SET and the catalog list entry in one round trip. */
+            char list[128];
+            snprintf(list, sizeof list, "%sadded", r->ns);
+            if (r->p.ttl_s > 0) redisAppendCommand(c, "SET %s %b EX %d", key, j->data, j->len, r->p.ttl_s);
+            else redisAppendCommand(c, "SET %s %b", key, j->data, j->len);
+            redisAppendCommand(c, "RPUSH %s %b", list, j->key.b, (size_t)KM_KEY_LEN);
+            redisReply *set = NULL, *push = NULL;
+            if (redisGetReply(c, (void **)&set) != REDIS_OK || redisGetReply(c, (void **)&push) != REDIS_OK) {
+                mark_down(r, &r->wr, c->errstr);
+            } else if (set->type == REDIS_REPLY_ERROR) {
+                km_warn("Redis SET %s failed: %s", key, set->str);
+            } else {
+                sent = true;
+                if (push->type == REDIS_REPLY_ERROR) km_warn("Redis RPUSH %s failed: %s (catalog misses it until a rebuild)", list, push->str);
+            }
+            if (set) freeReplyObject(set);
+            if (push) freeReplyObject(push);
+        }
+        double dt = km_now_ms() - t0;
+
+        pthread_mutex_lock(&r->q_lock);
+        r->in_flight = 0;
+        r->st.upload_ms += dt;
+        if (sent) {
+            r->st.uploads_done++;
+            r->st.bytes_up += j->len;
+            free(j->data);
+            free(j);
+        } else if (!c && !r->stop) {
+            /* Down: put it back at the front and wait for the retry time (or stop). */
+            j->next = r->head;
+            r->head = j;
+            if (!r->tail) r->tail = j;
+            r->q_len++;
+            r->q_bytes += j->len;
+            double wait = r->wr.next_retry_ms - km_now_ms();
+            if (wait > 0) {
+                struct timespec ts;
+                clock_gettime(CLOCK_REALTIME, &ts);
+                long ns = ts.tv_nsec + (long)(wait * 1e6);
+                ts.tv_sec += ns / 1000000000L;
+                ts.tv_nsec = ns % 1000000000L;
+                pthread_cond_timedwait(&r->q_cond, &r->q_lock, &ts);
+            }
+        } else {
+            r->st.uploads_failed++;
+            free(j->data);
+            free(j);
+        }
+        if (!r->head) pthread_cond_broadcast(&r->q_idle);
+    }
+    r->in_flight = 0;
+    pthread_cond_broadcast(&r->q_idle);
+    pthread_mutex_unlock(&r->q_lock);
+    return NULL;
+}
+
+/* ------------------------------------------------------------------ catalog */
+
+static void ns_key(const km_redis *r, const char *suffix, char *out, size_t len) { snprintf(out, len, "%s%s", r->ns, suffix); }
+
+/* Replace the local copy with the master catalog, if there is one. */
+static int load_master(km_redis *r, redisContext *c, km_error *err) {
+    char k[128];
+    ns_key(r, "catalog", k, sizeof k);
+    redisReply *rep = redisCommand(c, "GET %s", k);
+    if (!rep) {
+        mark_down(r, &r->sync, c->errstr);
+        return km_error_set(err, "catalog GET failed: %s", c->errstr);
+    }
+    int rc = 0;
+    if (rep->type == REDIS_REPLY_STRING) {
+        km_catalog *m = km_catalog_decode((const uint8_t *)rep->str, (size_t)rep->len, (size_t)64 << 20, err);
+        if (!m) {
+            km_warn("master catalog in Redis is invalid (%s); keeping the local copy", err->msg);
+            rc = -1;
+        } else {
+            pthread_mutex_lock(&r->cat_lock);
+            km_catalog_free(r->catalog);
+            r->catalog = m;
+            r->cat_pos = km_catalog_version(m);
+            pthread_mutex_unlock(&r->cat_lock);
+            pthread_mutex_lock(&r->q_lock);
+            r->st.catalog_full_loads++;
+            r->st.catalog_bytes_down += (uint64_t)rep->len;
+            pthread_mutex_unlock(&r->q_lock);
+        }
+    }
+    freeReplyObject(rep);
+    r->last_full_ms = km_now_ms();
+    return rc;
+}
+
+/* Add the list entries past cat_pos. */
+static int load_delta(km_redis *r, redisContext *c, km_error *err) {
+    char k[128];
+    ns_key(r, "added", k, sizeof k);
+    for (;;) {
+        pthread_mutex_lock(&r->cat_lock);
+        uint64_t pos = r->cat_pos;
+        pthread_mutex_unlock(&r->cat_lock);
+        redisReply *rep = redisCommand(c, "LRANGE %s %llu %llu", k, (unsigned long long)pos, (unsigned long long)pos + 4095);
+        if (!rep) {
+            mark_down(r, &r->sync, c->errstr);
+            return km_error_set(err, "catalog LRANGE failed: %s", c->errstr);
+        }
+        if (rep->type != REDIS_REPLY_ARRAY) {
+            freeReplyObject(rep);
+            return km_error_set(err, "catalog list %s is not a list", k);
+        }
+        size_t n = rep->elements;
+        uint64_t bytes = 0;
+        pthread_mutex_lock(&r->cat_lock);
+        if (r->cat_pos == pos) { /* no full load replaced the copy meanwhile */
+            for (size_t i = 0; i < n; i++) {
+                redisReply *e = rep->element[i];
+                if (e->type == REDIS_REPLY_STRING && e->len == KM_KEY_LEN) {
+                    km_key key;
+                    memcpy(key.b, e->str, KM_KEY_LEN);
+                    km_catalog_add(r->catalog, key);
+                }
+                bytes += (uint64_t)e->len;
+            }
+            r->cat_pos = pos + n;
+        }
+        pthread_mutex_unlock(&r->cat_lock);
+        freeReplyObject(rep);
+        pthread_mutex_lock(&r->q_lock);
+        r->st.catalog_delta_keys += n;
+        r->st.catalog_bytes_down += bytes;
+        pthread_mutex_unlock(&r->q_lock);
+        if (n < 4096) return 0;
+    }
+}
+
+int km_redis_catalog_sync(km_redis *r, bool force_full, km_error *err) {
+    pthread_mutex_lock(&r->sync_lock);
+    redisContext *c = ensure(r, &r->sync);
+    int rc;
+    if (!c) {
+        rc = km_error_set(err, "Redis at %s:%d is down", r->host, r->port);
+    } else {
+        rc = 0;
+        if (force_full || r->last_full_ms == 0 || km_now_ms() - r->last_full_ms >= r->p.full_refresh_ms)
+            load_master(r, c, err); /* an invalid master is reported; the delta still runs */
+        if (r->sync.ctx) rc = load_delta(r, r->sync.ctx, err);
+        else rc = -1;
+    }
+    pthread_mutex_unlock(&r->sync_lock);
+    pthread_mutex_lock(&r->q_lock);
+    r->st.catalog_syncs++;
+    pthread_mutex_unlock(&r->q_lock);
+    return rc;
+}
+
+int km_redis_catalog_rebuild(km_redis *r, uint32_t *n_keys, km_error *err) {
+    *n_keys = 0;
+    km_catalog *cat = km_catalog_new(&r->p.catalog, err);
+    if (!cat) return -1;
+    pthread_mutex_lock(&r->sync_lock);
+    redisContext *c = ensure(r, &r->sync);
+    int rc = 0;
+    char list[128], pattern[160], master[128];
+    ns_key(r, "added", list, sizeof list);
+    ns_key(r, "s:*", pattern, sizeof pattern);
+    ns_key(r, "catalog", master, sizeof master);
+    if (!c) {
+        rc = km_error_set(err, "Redis at %s:%d is down", r->host, r->port);
+        goto out;
+    }
+    /* The list length first: keys uploaded after this point are list entries
+     * past it, which every client adds on top of the master anyway. */
+    redisReply *rep = redisCommand(c, "LLEN %s", list);
+    if (!rep || rep->type != REDIS_REPLY_INTEGER) {
+        rc = km_error_set(err, "catalog rebuild: LLEN failed");
+        if (!rep) mark_down(r, &r->sync, c->errstr);
+        else freeReplyObject(rep);
+        goto out;
+    }
+    uint64_t pos = (uint64_t)rep->integer;
+    freeReplyObject(rep);
+    size_t plen = strlen(pattern) - 1; /* prefix before the '*' */
+    char cursor[32] = "0";
+    do {
+        rep = redisCommand(c, "SCAN %s MATCH %s COUNT 1000", cursor, pattern);
+        if (!rep || rep->type != REDIS_REPLY_ARRAY || rep->elements != 2) {
+            rc = km_error_set(err, "catalog rebuild: SCAN failed");
+            if (!rep) mark_down(r, &r->sync, c->errstr);
+            else freeReplyObject(rep);
+            goto out;
+        }
+        snprintf(cursor, sizeof cursor, "%s", rep->element[0]->str);
+        redisReply *keys = rep->element[1];
+        for (size_t i = 0; i < keys->elements; i++) {
+            km_key k;
+            if ((size_t)keys->element[i]->len > plen && km_key_from_hex(keys->element[i]->str + plen, &k) == 0) {
+                km_catalog_add(cat, k);
+                (*n_keys)++;
+            }
+        }
+        freeReplyObject(rep);
+    } while (strcmp(cursor, "0") != 0);
+    km_catalog_set_version(cat, pos);
+    uint8_t *buf;
+    size_t len;
+    if (km_catalog_encode(cat, &buf, &len, err) != 0) {
+        rc = -1;
+        goto out;
+    }
+    rep = redisCommand(c, "SET %s %b", master, buf, len);
+    free(buf);
+    if (!rep || rep->type == REDIS_REPLY_ERROR) {
+        rc = km_error_set(err, "catalog rebuild: SET failed: %s", rep ? rep->str : c->errstr);
+        if (!rep) mark_down(r, &r->sync, c->errstr);
+    }
+    if (rep) freeReplyObject(rep);
+    if (rc == 0) {
+        pthread_mutex_lock(&r->cat_lock);
+        km_catalog_free(r->catalog);
+        r->catalog = cat;
+        cat = NULL;
+        r->cat_pos = pos;
+        pthread_mutex_unlock(&r->cat_lock);
+        r->last_rebuild_ms = km_now_ms();
+        if (r->sync.ctx) load_delta(r, r->sync.ctx, err);
+        pthread_mutex_lock(&r->q_lock);
+        r->st.catalog_rebuilds++;
+        pthread_mutex_unlock(&r->q_lock);
+    }
+out:
+    pthread_mutex_unlock(&r->sync_lock);
+    km_catalog_free(cat);
+    return rc;
+}
+
+bool km_redis_maybe_has(km_redis *r, km_key key) {
+    pthread_mutex_lock(&r->cat_lock);
+    bool m = km_catalog_check(r->catalog, key);
+    pthread_mutex_unlock(&r->cat_lock);
+    return m;
+}
+
+static void *syncer_main(void *arg) {
+    km_redis *r = arg;
+    pthread_mutex_lock(&r->q_lock);
+    while (!r->stop) {
+        pthread_mutex_unlock(&r->q_lock);
+        km_error e;
+        if (r->p.rebuild_period_ms > 0 && km_now_ms() - r->last_rebuild_ms >= r->p.rebuild_period_ms) {
+            uint32_t n;
+            if (km_redis_catalog_rebuild(r, &n, &e) != 0) r->last_rebuild_ms = km_now_ms(); /* retry next period */
+        }
+        km_redis_catalog_sync(r, false, &e);
+        pthread_mutex_lock(&r->q_lock);
+        if (r->stop) break;
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        long ns = ts.tv_nsec + (long)r->p.sync_period_ms * 1000000L;
+        ts.tv_sec += ns / 1000000000L;
+        ts.tv_nsec = ns % 1000000000L;
+        pthread_cond_timedwait(&r->sync_cond, &r->q_lock, &ts);
+    }
+    pthread_mutex_unlock(&r->q_lock);
+    return NULL;
+}
+
+/* ------------------------------------------------------------------ API */
+
+km_redis *km_redis_open(const km_redis_params *p, const uint8_t fingerprint[KM_FINGERPRINT_LEN], km_error *err) {
+    km_redis *r = calloc(1, sizeof *r);
+    r->p = *p;
+    if (!r->p.max_blob) r->p.max_blob = (size_t)1 << 30;
+    if (!r->p.queue_budget) r->p.queue_budget = (size_t)512 << 20;
+    if (r->p.connect_timeout_ms <= 0) r->p.connect_timeout_ms = 500;
+    if (r->p.io_timeout_ms <= 0) r->p.io_timeout_ms = 2000;
+    if (!p->url || km_redis_parse_url(p->url, r->host, sizeof r->host, &r->port, &r->db, &r->user, &r->password, err) != 0) {
+        if (!p->url) km_error_set(err, "no Redis URL given");
+        free(r);
+        return NULL;
+    }
+    r->url = strdup(p->url);
+    r->p.url = r->url;
+    km_key fk;
+    memcpy(fk.b, fingerprint, KM_FINGERPRINT_LEN);
+    char hex[2 * KM_KEY_LEN + 1];
+    km_key_hex(fk, hex);
+    snprintf(r->ns, sizeof r->ns, "kvmesh:v1:%s:", hex);
+    r->req.role = "cache reads";
+    r->wr.role = "uploads";
+    r->sync.role = "catalog sync";
+    r->catalog = km_catalog_new(&r->p.catalog, err);
+    if (!r->catalog) {
+        free(r->user);
+        free(r->password);
+        free(r->url);
+        free(r);
+        return NULL;
+    }
+    r->cat_pos = 0;
+    pthread_mutex_init(&r->cat_lock, NULL);
+    pthread_mutex_init(&r->sync_lock, NULL);
+    pthread_mutex_init(&r->req_lock, NULL);
+    pthread_mutex_init(&r->q_lock, NULL);
+    pthread_cond_init(&r->q_cond, NULL);
+    pthread_cond_init(&r->q_idle, NULL);
+    pthread_cond_init(&r->sync_cond, NULL);
+    /* Connect now so a misconfiguration shows at start, not at the first miss. */
+    pthread_mutex_lock(&r->req_lock);
+    ensure(r, &r->req);
+    pthread_mutex_unlock(&r->req_lock);
+    pthread_create(&r->writer, NULL, writer_main, r);
+    if (r->p.sync_period_ms > 0) {
+        /* the first sync (master + delta) runs in the background too: a
+         * request before it completes just sees a catalog miss */
+        pthread_create(&r->syncer, NULL, syncer_main, r);
+        r->has_syncer = true;
+    }
+    return r;
+}
+
+int km_redis_flush(km_redis *r, int deadline_ms) {
+    double until = km_now_ms() + deadline_ms;
+    pthread_mutex_lock(&r->q_lock);
+    while ((r->head || r->in_flight) && km_now_ms() < until) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        long ns = ts.tv_nsec + 20 * 1000000L;
+        ts.tv_sec += ns / 1000000000L;
+        ts.tv_nsec = ns % 1000000000L;
+        pthread_cond_timedwait(&r->q_idle, &r->q_lock, &ts);
+    }
+    int pending = r->q_len + r->in_flight;
+    pthread_mutex_unlock(&r->q_lock);
+    return pending;
+}
+
+void km_redis_close(km_redis *r, int flush_ms) {
+    if (!r) return;
+    int pending = km_redis_flush(r, flush_ms);
+    pthread_mutex_lock(&r->q_lock);
+    r->stop = true;
+    pthread_cond_broadcast(&r->q_cond);
+    pthread_cond_broadcast(&r->sync_cond);
+    pthread_mutex_unlock(&r->q_lock);
+    pthread_join(r->writer, NULL);
+    if (r->has_syncer) pthread_join(r->syncer, NULL);
+    int dropped = 0;
+    for (job *j = r->head, *n; j; j = n) {
+        n = j->next;
+        free(j->data);
+        free(j);
+        dropped++;
+    }
+    if (pending > 0 || dropped > 0)
+        km_warn("%d state upload(s) to Redis at %s:%d not sent before exit (server unavailable)", dropped ? dropped : pending,
+                r->host, r->port);
+    if (r->req.ctx) redisFree(r->req.ctx);
+    if (r->wr.ctx) redisFree(r->wr.ctx);
+    if (r->sync.ctx) redisFree(r->sync.ctx);
+    km_catalog_free(r->catalog);
+    pthread_mutex_destroy(&r->cat_lock);
+    pthread_mutex_destroy(&r->sync_lock);
+    pthread_mutex_destroy(&r->req_lock);
+    pthread_mutex_destroy(&r->q_lock);
+    pthread_cond_destroy(&r->q_cond);
+    pthread_cond_destroy(&r->q_idle);
+    pthread_cond_destroy(&r->sync_cond);
+    free(r->user);
+    free(r->password);
+    free(r->url);
+    free(r);
+}
+
+int km_redis_get(km_redis *r, km_key key, uint8_t **blob, size_t *len, km_error *err) {
+    *blob = NULL;
+    *len = 0;
+    char k[128];
+    km_redis_state_key(r, key, k, sizeof k);
+    double t0 = km_now_ms();
+    int rc;
+    pthread_mutex_lock(&r->req_lock);
+    redisContext *c = ensure(r, &r->req);
+    if (!c) {
+        rc = km_error_set(err, "Redis at %s:%d is down", r->host, r->port);
+    } else {
+        redisReply *rep = redisCommand(c, "GET %s", k);
+        if (!rep) {
+            rc = km_error_set(err, "Redis GET failed: %s", c->errstr);
+            mark_down(r, &r->req, c->errstr);
+        } else if (rep->type == REDIS_REPLY_NIL) {
+            rc = 1;
+        } else if (rep->type != REDIS_REPLY_STRING) {
+            rc = km_error_set(err, "Redis GET %s: unexpected reply (%s)", k, rep->type == REDIS_REPLY_ERROR ? rep->str : "not a string");
+        } else if ((size_t)rep->len > r->p.max_blob) {
+            rc = km_error_set(err, "Redis GET %s: %lld-byte value exceeds the limit of %zu", k, (long long)rep->len, r->p.max_blob);
+        } else {
+            *blob = malloc((size_t)rep->len ? (size_t)rep->len : 1);
+            memcpy(*blob, rep->str, (size_t)rep->len);
+            *len = (size_t)rep->len;
+            rc = 0;
+        }
+        if (rep) freeReplyObject(rep);
+    }
+    pthread_mutex_unlock(&r->req_lock);
+    pthread_mutex_lock(&r->q_lock);
+    r->st.gets++;
+    r->st.get_ms += km_now_ms() - t0;
+    if (rc == 0) {
+        r->st.hits++;
+        r->st.bytes_down += *len;
+    } else if (rc == 1) {
+        r->st.misses++;
+    } else {
+        r->st.get_errors++;
+    }
+    pthread_mutex_unlock(&r->q_lock);
+    return rc;
+}
+
+int km_redis_put_async(km_redis *r, km_key key, const uint8_t *blob, size_t len, km_error *err) {
+    if (len > r->p.max_blob) return km_error_set(err, "state of %zu bytes exceeds the Redis tier's limit of %zu", len, r->p.max_blob);
+    job *j = malloc(sizeof *j);
+    j->data = malloc(len ? len : 1);
+    if (!j->data) {
+        free(j);
+        return km_error_set(err, "out of memory queueing a %zu-byte upload", len);
+    }
+    memcpy(j->data, blob, len);
+    pthread_mutex_lock(&r->cat_lock);
+    km_catalog_add(r->catalog, key); /* our own uploads: known at once */
+    pthread_mutex_unlock(&r->cat_lock);
+    j->key = key;
+    j->len = len;
+    j->next = NULL;
+    pthread_mutex_lock(&r->q_lock);
+    if (r->tail) r->tail->next = j;
+    else r->head = j;
+    r->tail = j;
+    r->q_len++;
+    r->q_bytes += len;
+    /* Over budget (server slow or down): drop the oldest pending uploads. They
+     * are counted and reported; the states stay in the local tiers. */
+    while (r->q_bytes > r->p.queue_budget && r->head != j) {
+        job *old = r->head;
+        r->head = old->next;
+        r->q_len--;
+        r->q_bytes -= old->len;
+        r->st.uploads_dropped++;
+        free(old->data);
+        free(old);
+    }
+    pthread_cond_signal(&r->q_cond);
+    pthread_mutex_unlock(&r->q_lock);
+    return 0;
+}
+
+int km_redis_del(km_redis *r, km_key key, km_error *err) {
+    char k[128];
+    km_redis_state_key(r, key, k, sizeof k);
+    int rc = 0;
+    pthread_mutex_lock(&r->req_lock);
+    redisContext *c = ensure(r, &r->req);
+    if (!c) {
+        rc = km_error_set(err, "Redis at %s:%d is down", r->host, r->port);
+    } else {
+        redisReply *rep = redisCommand(c, "DEL %s", k);
+        if (!rep) {
+            rc = km_error_set(err, "Redis DEL failed: %s", c->errstr);
+            mark_down(r, &r->req, c->errstr);
+        } else {
+            freeReplyObject(rep);
+        }
+    }
+    pthread_mutex_unlock(&r->req_lock);
+    if (rc == 0) {
+        pthread_mutex_lock(&r->q_lock);
+        r->st.deletes++;
+        pthread_mutex_unlock(&r->q_lock);
+    }
+    return rc;
+}
+
+km_redis_stats km_redis_get_stats(km_redis *r) {
+    pthread_mutex_lock(&r->q_lock);
+    km_redis_stats s = r->st;
+    s.uploads_pending = (uint64_t)(r->q_len + r->in_flight);
+    pthread_mutex_unlock(&r->q_lock);
+    pthread_mutex_lock(&r->cat_lock);
+    s.catalog_version = r->cat_pos;
+    s.catalog_bytes = km_catalog_bytes(r->catalog);
+    pthread_mutex_unlock(&r->cat_lock);
+    pthread_mutex_lock(&r->req_lock);
+    s.up = r->req.ctx != NULL;
+    pthread_mutex_unlock(&r->req_lock);
+    return s;
+}

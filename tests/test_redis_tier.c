@@ -1,0 +1,354 @@
+/* test_redis_tier.c -- the Redis tier against a real redis-server on loopback:
+ * round trips, namespace and TTL, AUTH, write-behind, Redis absent at start,
+ * killed and restarted mid-run, a server that never answers (timeouts), and
+ * the upload queue's budget. */
+#include <arpa/inet.h>
+#include <hiredis/hiredis.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "redis_tier.h"
+#include "testutil.h"
+
+static const uint8_t FP[KM_FINGERPRINT_LEN] = {0xaa, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 0xbb};
+
+static km_key key_n(int n) {
+    km_key k;
+    memset(k.b, 0, sizeof k.b);
+    km_put_u32(k.b, (uint32_t)n);
+    k.b[15] = 0x5a;
+    return k;
+}
+
+static uint8_t *blob_n(int n, size_t len) {
+    uint8_t *b = malloc(len);
+    for (size_t i = 0; i < len; i++) b[i] = (uint8_t)(i * 31 + (size_t)n);
+    return b;
+}
+
+static km_redis *open_tier_sync(int port, const char *auth, int ttl, size_t budget, int sync_ms) {
+    char url[256];
+    snprintf(url, sizeof url, "redis://%s127.0.0.1:%d/2", auth ? auth : "", port);
+    km_redis_params p = km_redis_default_params();
+    p.url = url;
+    p.ttl_s = ttl;
+    p.io_timeout_ms = 500;
+    p.connect_timeout_ms = 200;
+    if (budget) p.queue_budget = budget;
+    p.sync_period_ms = sync_ms;
+    km_error err;
+    km_redis *r = km_redis_open(&p, FP, &err);
+    if (!r) fail_msg("%s", err.msg);
+    return r;
+}
+
+static km_redis *open_tier(int port, const char *auth, int ttl, size_t budget) {
+    return open_tier_sync(port, auth, ttl, budget, 0);
+}
+
+static void skip_without_redis(int pid) {
+    if (pid < 0) {
+        print_message("SKIP: redis-server not available (scripts/setup.sh installs it)\n");
+        skip();
+    }
+}
+
+static void test_url_parsing(void **state) {
+    (void)state;
+    char host[256];
+    int port, db;
+    char *user, *pw;
+    km_error err;
+    assert_int_equal(km_redis_parse_url("redis://127.0.0.1:6380/3", host, sizeof host, &port, &db, &user, &pw, &err), 0);
+    assert_string_equal(host, "127.0.0.1");
+    assert_int_equal(port, 6380);
+    assert_int_equal(db, 3);
+    assert_null(user);
+    assert_null(pw);
+    assert_int_equal(km_redis_parse_url("redis://bob:s3cr:t@cache.local", host, sizeof host, &port, &db, &user, &pw, &err), 0);
+    assert_string_equal(host, "cache.local");
+    assert_int_equal(port, 6379);
+    assert_int_equal(db, 0);
+    assert_string_equal(user, "bob");
+    assert_string_equal(pw, "s3cr:t");
+    free(user);
+    free(pw);
+    assert_int_equal(km_redis_parse_url("redis://:pw@h:1/", host, sizeof host, &port, &db, &user, &pw, &err), 0);
+    assert_null(user);
+    assert_string_equal(pw, "pw");
+    free(pw);
+    const char *bad[] = {"http://h:1", "redis://", "redis://h:0", "redis://h:70000", "redis://h:12x", "redis://h/x",
+                         "redis://h:1/2/3"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        if (km_redis_parse_url(bad[i], host, sizeof host, &port, &db, &user, &pw, &err) == 0) fail_msg("accepted %s", bad[i]);
+        assert_non_null(strstr(err.msg, bad[i]));
+    }
+}
+
+static void test_roundtrip_namespace_ttl(void **state) {
+    (void)state;
+    int port = tu_free_port();
+    int pid = tu_redis_start(port, NULL);
+    skip_without_redis(pid);
+    km_redis *r = open_tier(port, NULL, 120, 0);
+    km_error err;
+    uint8_t *b = blob_n(1, 100000), *got;
+    size_t len;
+    assert_int_equal(km_redis_get(r, key_n(1), &got, &len, &err), 1); /* miss */
+    assert_int_equal(km_redis_put_async(r, key_n(1), b, 100000, &err), 0);
+    assert_int_equal(km_redis_flush(r, 5000), 0);
+    assert_int_equal(km_redis_get(r, key_n(1), &got, &len, &err), 0);
+    assert_int_equal(len, 100000);
+    assert_memory_equal(got, b, len);
+    free(got);
+    /* the key is where the header says, in db 2, with the TTL */
+    char k[128];
+    km_redis_state_key(r, key_n(1), k, sizeof k);
+    assert_int_equal(strncmp(k, "kvmesh:v1:aa0102030405060708090a0b0c0d0ebb:s:", 45), 0);
+    redisContext *c = redisConnect("127.0.0.1", port);
+    redisReply *rep = redisCommand(c, "SELECT 2");
+    freeReplyObject(rep);
+    rep = redisCommand(c, "TTL %s", k);
+    assert_true(rep->integer > 100 && rep->integer <= 120);
+    freeReplyObject(rep);
+    rep = redisCommand(c, "STRLEN %s", k);
+    assert_int_equal(rep->integer, 100000);
+    freeReplyObject(rep);
+    /* delete */
+    assert_int_equal(km_redis_del(r, key_n(1), &err), 0);
+    assert_int_equal(km_redis_get(r, key_n(1), &got, &len, &err), 1);
+    km_redis_stats st = km_redis_get_stats(r);
+    assert_int_equal(st.gets, 3);
+    assert_int_equal(st.hits, 1);
+    assert_int_equal(st.misses, 2);
+    assert_int_equal(st.uploads_done, 1);
+    assert_int_equal(st.bytes_up, 100000);
+    assert_int_equal(st.bytes_down, 100000);
+    assert_true(st.up);
+    redisFree(c);
+    free(b);
+    km_redis_close(r, 1000);
+    tu_redis_stop(pid, 0);
+}
+
+static void test_auth(void **state) {
+    (void)state;
+    int port = tu_free_port();
+    int pid = tu_redis_start(port, "--requirepass s3cret");
+    skip_without_redis(pid);
+    km_error err;
+    uint8_t *got;
+    size_t len;
+    km_redis *good = open_tier(port, ":s3cret@", 0, 0);
+    assert_int_equal(km_redis_get(good, key_n(2), &got, &len, &err), 1);
+    km_redis_close(good, 100);
+    km_redis *bad = open_tier(port, ":wrong@", 0, 0);
+    assert_int_equal(km_redis_get(bad, key_n(2), &got, &len, &err), -1);
+    assert_false(km_redis_get_stats(bad).up);
+    km_redis_close(bad, 100);
+    km_redis *none = open_tier(port, NULL, 0, 0);
+    assert_int_equal(km_redis_get(none, key_n(2), &got, &len, &err), -1);
+    km_redis_close(none, 100);
+    tu_redis_stop(pid, 0);
+}
+
+/* Redis absent at start; uploads wait; the server appears; caching resumes. */
+static void test_absent_then_back(void **state) {
+    (void)state;
+    int port = tu_free_port();
+    km_redis *r = open_tier(port, NULL, 0, 0);
+    km_error err;
+    uint8_t *got;
+    size_t len;
+    double t0 = km_now_ms();
+    assert_int_equal(km_redis_get(r, key_n(3), &got, &len, &err), -1);
+    assert_true(km_now_ms() - t0 < 200); /* down: fails fast (refused, then no attempt before the backoff ends) */
+    uint8_t *b = blob_n(3, 5000);
+    assert_int_equal(km_redis_put_async(r, key_n(3), b, 5000, &err), 0);
+    assert_int_equal(km_redis_flush(r, 150), 1); /* still pending */
+    int pid = tu_redis_start(port, NULL);
+    skip_without_redis(pid);
+    assert_int_equal(km_redis_flush(r, 8000), 0); /* the writer retried and sent it */
+    /* the read path reconnects after its backoff too */
+    int rc = -1;
+    for (int i = 0; i < 100 && rc != 0; i++) {
+        rc = km_redis_get(r, key_n(3), &got, &len, &err);
+        if (rc != 0) usleep(100 * 1000);
+    }
+    assert_int_equal(rc, 0);
+    assert_memory_equal(got, b, 5000);
+    free(got);
+    free(b);
+    km_redis_close(r, 1000);
+    tu_redis_stop(pid, 0);
+}
+
+/* Killed mid-run: requests fail fast (fallback), then recover after a restart. */
+static void test_killed_and_restarted(void **state) {
+    (void)state;
+    int port = tu_free_port();
+    int pid = tu_redis_start(port, NULL);
+    skip_without_redis(pid);
+    km_redis *r = open_tier(port, NULL, 0, 0);
+    km_error err;
+    uint8_t *got;
+    size_t len;
+    assert_int_equal(km_redis_get(r, key_n(4), &got, &len, &err), 1);
+    tu_redis_stop(pid, 1);
+    double t0 = km_now_ms();
+    assert_int_equal(km_redis_get(r, key_n(4), &got, &len, &err), -1);
+    assert_int_equal(km_redis_get(r, key_n(4), &got, &len, &err), -1);
+    assert_true(km_now_ms() - t0 < 1200); /* bounded by the timeouts, then backoff */
+    pid = tu_redis_start(port, NULL);
+    skip_without_redis(pid);
+    int rc = -1;
+    for (int i = 0; i < 100 && rc < 0; i++) {
+        rc = km_redis_get(r, key_n(4), &got, &len, &err);
+        if (rc < 0) usleep(100 * 1000);
+    }
+    assert_int_equal(rc, 1);
+    assert_true(km_redis_get_stats(r).up);
+    km_redis_close(r, 1000);
+    tu_redis_stop(pid, 0);
+}
+
+/* A server that accepts and never answers: every call is bounded by io_timeout. */
+static void test_silent_server_times_out(void **state) {
+    (void)state;
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = 0};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(bind(s, (struct sockaddr *)&a, sizeof a), 0);
+    socklen_t l = sizeof a;
+    getsockname(s, (struct sockaddr *)&a, &l);
+    listen(s, 8);
+    km_redis *r = open_tier(ntohs(a.sin_port), NULL, 0, 0);
+    km_error err;
+    uint8_t *got;
+    size_t len;
+    double t0 = km_now_ms();
+    assert_int_equal(km_redis_get(r, key_n(5), &got, &len, &err), -1);
+    double dt = km_now_ms() - t0;
+    assert_true(dt < 1500); /* io timeout 500 ms */
+    uint8_t b[10] = {0};
+    assert_int_equal(km_redis_put_async(r, key_n(5), b, 10, &err), 0);
+    t0 = km_now_ms();
+    km_redis_close(r, 300); /* flush deadline, then the writer's own I/O timeout */
+    assert_true(km_now_ms() - t0 < 2000);
+    close(s);
+}
+
+/* Uploads over the queue budget drop the oldest, counted; nothing blocks. */
+static void test_queue_budget(void **state) {
+    (void)state;
+    int port = tu_free_port(); /* no server */
+    km_redis *r = open_tier(port, NULL, 0, 30000);
+    km_error err;
+    uint8_t *b = blob_n(6, 10000);
+    for (int i = 0; i < 10; i++) assert_int_equal(km_redis_put_async(r, key_n(100 + i), b, 10000, &err), 0);
+    km_redis_stats st = km_redis_get_stats(r);
+    /* at most 3 fit the budget, plus the one the writer may hold in flight */
+    assert_true(st.uploads_dropped >= 6);
+    assert_true(st.uploads_pending <= 4 && st.uploads_pending >= 2);
+    assert_int_equal(st.uploads_dropped + st.uploads_pending + st.uploads_failed, 10);
+    free(b);
+    km_redis_close(r, 100);
+}
+
+/* Catalogs: a client learns what others uploaded (delta), a rebuilt master
+ * reflects evictions, and the background thread keeps copies fresh. */
+static void test_catalog_sync_and_rebuild(void **state) {
+    (void)state;
+    int port = tu_free_port();
+    int pid = tu_redis_start(port, NULL);
+    skip_without_redis(pid);
+    km_error err;
+    km_redis *a = open_tier(port, NULL, 0, 0), *b = open_tier(port, NULL, 0, 0);
+    uint8_t data[64] = {1};
+    for (int i = 0; i < 50; i++) assert_int_equal(km_redis_put_async(a, key_n(1000 + i), data, sizeof data, &err), 0);
+    assert_true(km_redis_maybe_has(a, key_n(1000))); /* own uploads: at once */
+    assert_int_equal(km_redis_flush(a, 5000), 0);
+    assert_false(km_redis_maybe_has(b, key_n(1000)));
+    assert_int_equal(km_redis_catalog_sync(b, false, &err), 0);
+    for (int i = 0; i < 50; i++) assert_true(km_redis_maybe_has(b, key_n(1000 + i)));
+    int fp = 0;
+    for (int i = 0; i < 200; i++) fp += km_redis_maybe_has(b, key_n(900000 + i));
+    assert_true(fp <= 10); /* 1 % expected */
+    km_redis_stats sb = km_redis_get_stats(b);
+    assert_int_equal(sb.catalog_version, 50);
+    assert_int_equal(sb.catalog_delta_keys, 50);
+    assert_int_equal(sb.catalog_full_loads, 0); /* no master yet */
+    assert_int_equal(km_redis_catalog_sync(b, false, &err), 0); /* nothing new: no keys fetched */
+    assert_int_equal(km_redis_get_stats(b).catalog_delta_keys, 50);
+
+    /* evict 10 states behind the catalogs' back, rebuild from what is there */
+    redisContext *c = redisConnect("127.0.0.1", port);
+    redisReply *rep = redisCommand(c, "SELECT 2");
+    freeReplyObject(rep);
+    for (int i = 0; i < 10; i++) {
+        char k[128];
+        km_redis_state_key(a, key_n(1000 + i), k, sizeof k);
+        rep = redisCommand(c, "DEL %s", k);
+        assert_int_equal(rep->integer, 1);
+        freeReplyObject(rep);
+    }
+    uint32_t n = 0;
+    assert_int_equal(km_redis_catalog_rebuild(a, &n, &err), 0);
+    assert_int_equal(n, 40);
+    /* a new client loads the master (version 50) and no delta */
+    km_redis *d = open_tier(port, NULL, 0, 0);
+    assert_int_equal(km_redis_catalog_sync(d, false, &err), 0);
+    km_redis_stats sd = km_redis_get_stats(d);
+    assert_int_equal(sd.catalog_full_loads, 1);
+    assert_int_equal(sd.catalog_version, 50);
+    assert_int_equal(sd.catalog_delta_keys, 0);
+    int still = 0;
+    for (int i = 0; i < 10; i++) still += km_redis_maybe_has(d, key_n(1000 + i));
+    assert_true(still <= 2);
+    for (int i = 10; i < 50; i++) assert_true(km_redis_maybe_has(d, key_n(1000 + i)));
+    print_message("    catalog: %zu bytes of filter, master transfer %llu bytes\n", sd.catalog_bytes,
+                  (unsigned long long)sd.catalog_bytes_down);
+    /* a forged master is rejected; the copy stays usable */
+    char mk[128];
+    snprintf(mk, sizeof mk, "kvmesh:v1:aa0102030405060708090a0b0c0d0ebb:catalog");
+    rep = redisCommand(c, "SET %s %s", mk, "garbage");
+    freeReplyObject(rep);
+    assert_int_equal(km_redis_catalog_sync(d, true, &err), 0);
+    assert_true(km_redis_maybe_has(d, key_n(1020)));
+
+    /* background sync: a client with a 50 ms period sees a new upload quickly */
+    km_redis *e = open_tier_sync(port, NULL, 0, 0, 50);
+    assert_int_equal(km_redis_put_async(a, key_n(4242), data, sizeof data, &err), 0);
+    assert_int_equal(km_redis_flush(a, 5000), 0);
+    int seen = 0;
+    for (int i = 0; i < 100 && !seen; i++) {
+        seen = km_redis_maybe_has(e, key_n(4242));
+        if (!seen) usleep(20 * 1000);
+    }
+    assert_true(seen);
+    redisFree(c);
+    km_redis_close(e, 100);
+    km_redis_close(d, 100);
+    km_redis_close(b, 100);
+    km_redis_close(a, 1000);
+    tu_redis_stop(pid, 0);
+}
+
+int main(void) {
+    km_log_level = -1;
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_url_parsing),
+        cmocka_unit_test(test_roundtrip_namespace_ttl),
+        cmocka_unit_test(test_auth),
+        cmocka_unit_test(test_absent_then_back),
+        cmocka_unit_test(test_killed_and_restarted),
+        cmocka_unit_test(test_silent_server_times_out),
+        cmocka_unit_test(test_queue_budget),
+        cmocka_unit_test(test_catalog_sync_and_rebuild),
+    };
+    return cmocka_run_group_tests_name("redis_tier", tests, NULL, NULL);
+}
