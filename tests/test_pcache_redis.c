@@ -1,0 +1,232 @@
+/* test_pcache_redis.c -- the prompt cache over the shared Redis tier, with a
+ * real redis-server on loopback: one device's states serve another, the
+ * catalog gates every round trip, and bad blobs, evictions and a dead server
+ * cost time but never a wrong answer. */
+#include <hiredis/hiredis.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "blob.h"
+#include "engine.h"
+#include "pcache.h"
+#include "testutil.h"
+
+static km_model *model;
+static km_ctx *ctx;
+static int32_t *toks;
+static int n_toks, bounds[8], nb;
+static float *cold;
+static int nv, port, pid = -1;
+
+static int group_setup(void **state) {
+    (void)state;
+    km_log_level = -1;
+    km_engine_init();
+    km_error err;
+    model = km_model_load(tu_model("tiny-f16.gguf"), &err);
+    if (!model) return -1;
+    km_ctx_params cp = km_ctx_default_params();
+    cp.n_ctx = 512;
+    ctx = km_ctx_init(model, &cp, &err);
+    const char *segs[3] = {"You answer questions about trains.\n\n", "Q: How fast is a TGV?\nA: 320 km/h\n\n",
+                           "Q: How long is the Channel Tunnel?\nA:"};
+    int *ends;
+    km_tokenize_segments(model, segs, 3, &toks, &n_toks, &ends, &err);
+    nb = km_boundaries(ends, 3, n_toks, 0, bounds);
+    free(ends);
+    nv = km_model_n_vocab(model);
+    km_prefill_report rep;
+    if (km_pcache_prefill(ctx, NULL, 0, toks, n_toks, bounds, nb, NULL, &rep, &err) != 0) return -1;
+    cold = malloc((size_t)nv * sizeof(float));
+    memcpy(cold, km_logits(ctx), (size_t)nv * sizeof(float));
+    port = tu_free_port();
+    pid = tu_redis_start(port, NULL);
+    return 0;
+}
+
+static int group_teardown(void **state) {
+    (void)state;
+    tu_redis_stop(pid, 0);
+    free(cold);
+    free(toks);
+    km_ctx_free(ctx);
+    km_model_free(model);
+    return 0;
+}
+
+static void need_redis(void) {
+    if (pid < 0) {
+        print_message("SKIP: redis-server not available (scripts/setup.sh installs it)\n");
+        skip();
+    }
+}
+
+/* A device: its own RAM store and a Redis client (no background sync). */
+typedef struct device {
+    km_store *local;
+    km_redis *redis;
+} device;
+
+static device dev_open(void) {
+    device d;
+    km_error err;
+    km_store_params sp = km_store_default_params();
+    d.local = km_store_open(&sp, &err);
+    char url[64];
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d", port);
+    km_redis_params rp = km_redis_default_params();
+    rp.url = url;
+    rp.sync_period_ms = 0;
+    rp.io_timeout_ms = 500;
+    rp.connect_timeout_ms = 200;
+    d.redis = km_redis_open(&rp, km_model_fingerprint(model), &err);
+    assert_non_null(d.redis);
+    return d;
+}
+
+static void dev_close(device *d) {
+    km_redis_close(d->redis, 2000);
+    km_store_close(d->local);
+}
+
+static void request(device *d, km_prefill_report *rep) {
+    km_pcache_opts o = km_pcache_default_opts();
+    o.redis = d->redis;
+    km_error err;
+    if (km_pcache_prefill(ctx, d->local, 0, toks, n_toks, bounds, nb, &o, rep, &err) != 0) fail_msg("%s", err.msg);
+    assert_memory_equal(km_logits(ctx), cold, (size_t)nv * sizeof(float));
+}
+
+static redisReply *cmd(const char *fmt, ...) {
+    static redisContext *c;
+    if (!c) c = redisConnect("127.0.0.1", port);
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *r = redisvCommand(c, fmt, ap);
+    va_end(ap);
+    return r;
+}
+
+static void state_key(device *d, int i, char *out) {
+    km_key keys[8];
+    km_keys_for_boundaries(km_ctx_root_key(ctx, NULL), toks, bounds, nb, keys);
+    km_redis_state_key(d->redis, keys[i], out, 128);
+}
+
+static void test_states_flow_between_devices(void **state) {
+    (void)state;
+    need_redis();
+    km_error err;
+    device a = dev_open(), b = dev_open(), c = dev_open();
+    km_prefill_report rep;
+    request(&a, &rep); /* miss: computes, stores locally, uploads write-behind */
+    assert_int_equal(rep.hit_index, -1);
+    assert_int_equal(rep.n_uploaded, nb);
+    assert_int_equal(km_redis_flush(a.redis, 5000), 0);
+    /* c never synced its catalog: no round trip at all, plain miss */
+    request(&c, &rep);
+    assert_int_equal(rep.n_remote_gets, 0);
+    /* b synced: one GET for the longest prefix, bit-identical result */
+    assert_int_equal(km_redis_catalog_sync(b.redis, false, &err), 0);
+    request(&b, &rep);
+    assert_int_equal(rep.hit_index, nb - 1);
+    assert_int_equal(rep.hit_tier, KM_TIER_REDIS);
+    assert_int_equal(rep.n_remote_gets, 1);
+    assert_true(rep.bytes_remote > 0);
+    assert_int_equal(rep.n_uploaded, 0);
+    /* ... and kept it locally: the next request needs no network */
+    request(&b, &rep);
+    assert_int_equal(rep.hit_tier, KM_TIER_LOCAL);
+    assert_int_equal(rep.n_remote_gets, 0);
+    dev_close(&a);
+    dev_close(&b);
+    dev_close(&c);
+}
+
+static void test_bad_blobs_in_redis(void **state) {
+    (void)state;
+    need_redis();
+    km_error err;
+    device a = dev_open();
+    km_prefill_report rep;
+    request(&a, &rep);
+    km_redis_flush(a.redis, 5000);
+    char k_last[128], k_mid[128];
+    state_key(&a, nb - 1, k_last);
+    state_key(&a, nb - 2, k_mid);
+    /* corrupt the longest, truncate nothing else: rejected, deleted, fallback */
+    freeReplyObject(cmd("SET %s %s", k_last, "not a blob at all"));
+    device b = dev_open();
+    km_redis_catalog_sync(b.redis, false, &err);
+    request(&b, &rep);
+    assert_int_equal(rep.n_rejected, 1);
+    assert_int_equal(rep.hit_index, nb - 2);
+    assert_int_equal(rep.hit_tier, KM_TIER_REDIS);
+    assert_int_equal(km_redis_get_stats(b.redis).deletes, 1); /* the bad blob was deleted */
+    assert_int_equal(km_redis_flush(b.redis, 5000), 0);
+    redisReply *r = cmd("STRLEN %s", k_last); /* and b's own snapshot uploaded in its place */
+    assert_true(r->integer > 1000);
+    freeReplyObject(r);
+    /* a blob of another model under this key: rejected too */
+    uint8_t fp[KM_FINGERPRINT_LEN] = {9};
+    size_t len = km_blob_size(3, 16);
+    uint8_t *blob = calloc(1, len);
+    km_blob_begin(blob, fp, km_ctx_type_k(ctx), km_ctx_type_v(ctx), toks, 3, 16);
+    km_blob_seal(blob, len);
+    freeReplyObject(cmd("SET %s %b", k_last, blob, len));
+    free(blob);
+    /* and the middle one evicted between catalog check and GET: a miss */
+    freeReplyObject(cmd("DEL %s", k_mid));
+    device c = dev_open();
+    km_redis_catalog_sync(c.redis, false, &err);
+    request(&c, &rep);
+    assert_int_equal(rep.n_rejected, 1);
+    assert_int_equal(rep.n_false_positives, 1);
+    assert_int_equal(rep.hit_index, nb - 3);
+    dev_close(&a);
+    dev_close(&b);
+    dev_close(&c);
+}
+
+static void test_redis_dies_and_returns(void **state) {
+    (void)state;
+    need_redis();
+    km_error err;
+    device a = dev_open();
+    km_redis_catalog_sync(a.redis, false, &err);
+    tu_redis_stop(pid, 1);
+    pid = -1;
+    /* fresh local store: everything would come from Redis, which is gone */
+    device b = dev_open();
+    km_prefill_report rep;
+    double t0 = km_now_ms();
+    request(&b, &rep); /* recomputes, same answer */
+    assert_true(rep.hit_index == -1);
+    assert_true(km_now_ms() - t0 < 3000);
+    pid = tu_redis_start(port, NULL); /* empty again: no persistence */
+    assert_true(pid > 0);
+    request(&b, &rep); /* local hit now */
+    assert_int_equal(rep.hit_tier, KM_TIER_LOCAL);
+    dev_close(&b);
+    /* caching resumes: a new device uploads and another one finds it */
+    device c = dev_open(), d = dev_open();
+    request(&c, &rep);
+    assert_int_equal(km_redis_flush(c.redis, 5000), 0);
+    km_redis_catalog_sync(d.redis, false, &err);
+    request(&d, &rep);
+    assert_int_equal(rep.hit_tier, KM_TIER_REDIS);
+    dev_close(&a);
+    dev_close(&c);
+    dev_close(&d);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_states_flow_between_devices),
+        cmocka_unit_test(test_bad_blobs_in_redis),
+        cmocka_unit_test(test_redis_dies_and_returns),
+    };
+    return cmocka_run_group_tests_name("pcache_redis", tests, group_setup, group_teardown);
+}
