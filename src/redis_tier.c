@@ -50,6 +50,8 @@ struct km_redis {
     bool stop;
     pthread_t writer;
     conn wr;
+    uint64_t wr_failures; /* failed connection attempts of the writer (under q_lock) */
+    bool down_warned;     /* one warning per outage for the whole tier (under q_lock) */
 
     /* catalog: local copy, synced by its own thread and connection */
     pthread_mutex_t cat_lock; /* catalog, cat_pos */
@@ -172,9 +174,13 @@ static void mark_down(km_redis *r, conn *cn, const char *why) {
     if (cn->backoff_ms > BACKOFF_MAX_MS) cn->backoff_ms = BACKOFF_MAX_MS;
     cn->next_retry_ms = km_now_ms() + cn->backoff_ms;
     if (!cn->warned) {
-        km_warn("Redis at %s:%d unavailable for %s (%s); going on without it, retrying in the background", r->host,
-                r->port, cn->role, why);
         cn->warned = true;
+        pthread_mutex_lock(&r->q_lock);
+        if (!r->down_warned)
+            km_warn("Redis at %s:%d unavailable (%s: %s); going on without the shared tier, retrying in the background",
+                    r->host, r->port, cn->role, why);
+        r->down_warned = true;
+        pthread_mutex_unlock(&r->q_lock);
     }
 }
 
@@ -188,7 +194,12 @@ static redisContext *ensure(km_redis *r, conn *cn) {
         mark_down(r, cn, e.msg);
         return NULL;
     }
-    if (cn->warned) km_info("Redis at %s:%d is back (%s)", r->host, r->port, cn->role);
+    if (cn->warned) {
+        pthread_mutex_lock(&r->q_lock);
+        if (r->down_warned) km_info("Redis at %s:%d is back", r->host, r->port);
+        r->down_warned = false;
+        pthread_mutex_unlock(&r->q_lock);
+    }
     cn->warned = false;
     cn->backoff_ms = 0;
     return cn->ctx;
@@ -246,6 +257,7 @@ static void *writer_main(void *arg) {
         pthread_mutex_lock(&r->q_lock);
         r->in_flight = 0;
         r->st.upload_ms += dt;
+        if (!c) r->wr_failures++;
         if (sent) {
             r->st.uploads_done++;
             r->st.bytes_up += j->len;
@@ -546,7 +558,10 @@ km_redis *km_redis_open(const km_redis_params *p, const uint8_t fingerprint[KM_F
 int km_redis_flush(km_redis *r, int deadline_ms) {
     double until = km_now_ms() + deadline_ms;
     pthread_mutex_lock(&r->q_lock);
-    while ((r->head || r->in_flight) && km_now_ms() < until) {
+    /* Give up early when the server stays unreachable: two more failed
+     * connection attempts (the backoff makes them ~0.3 s apart at first). */
+    uint64_t f0 = r->wr_failures;
+    while ((r->head || r->in_flight) && km_now_ms() < until && r->wr_failures < f0 + 2) {
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
         long ns = ts.tv_nsec + 20 * 1000000L;

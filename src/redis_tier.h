@@ -89,7 +89,9 @@ int km_redis_get(km_redis *r, km_key key, uint8_t **blob, size_t *len, km_error 
 int km_redis_put_async(km_redis *r, km_key key, const uint8_t *blob, size_t len, km_error *err);
 /* Delete a key (e.g. a blob that failed validation). Synchronous. */
 int km_redis_del(km_redis *r, km_key key, km_error *err);
-/* Wait until the upload queue is empty or deadline_ms passed; returns pending count. */
+/* Wait until the upload queue is empty, deadline_ms passed, or the server
+ * proved unreachable (two more failed connection attempts); returns the
+ * number of uploads still pending. */
 int km_redis_flush(km_redis *r, int deadline_ms);
 
 km_redis_stats km_redis_get_stats(km_redis *r);

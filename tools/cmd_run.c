@@ -29,6 +29,8 @@ static void run_usage(FILE *f) {
             "      --no-cache          neither read nor write cached states\n"
             "      --ram-budget MB     RAM tier size (default 256)\n"
             "      --salt STR          separate key space (default none)\n"
+            "      --store URL         shared tier: redis://[user:password@]host:port[/db]\n"
+            "      --store-ttl S       expiry of states uploaded to the shared tier (default none)\n"
             "  -n, --n-predict N       tokens to generate (default 32)\n"
             "      --temp T            temperature (default 0 = greedy)\n"
             "      --seed S            sampling seed (default 0)\n"
@@ -95,17 +97,19 @@ static const char *default_cache_dir(char *buf, size_t len) {
 
 int cmd_run(int argc, char **argv) {
     const char *model_path = NULL, *prompt = NULL, *prompt_file = NULL, *sep = NULL, *cache_dir = NULL, *salt = NULL;
-    int n_predict = 32, block = 256, quiet = 0, no_cache = 0;
+    int n_predict = 32, block = 256, quiet = 0, no_cache = 0, store_ttl = 0;
+    const char *store_url = NULL;
     double ram_mb = 256;
     km_ctx_params cp = km_ctx_default_params();
     km_sampling sp = km_sampling_default();
-    enum { O_SEP = 1000, O_BLOCK, O_CACHE, O_NOCACHE, O_RAM, O_SALT, O_TEMP, O_SEED, O_TOPK, O_TOPP, O_KV, O_FA, O_CTX, O_BATCH };
+    enum { O_SEP = 1000, O_BLOCK, O_CACHE, O_NOCACHE, O_RAM, O_SALT, O_TEMP, O_SEED, O_TOPK, O_TOPP, O_KV, O_FA, O_CTX, O_BATCH, O_STORE, O_STORE_TTL };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},        {"prompt", required_argument, 0, 'p'},
         {"prompt-file", required_argument, 0, 'f'},  {"segment-sep", required_argument, 0, O_SEP},
         {"block", required_argument, 0, O_BLOCK},    {"cache-dir", required_argument, 0, O_CACHE},
         {"no-cache", no_argument, 0, O_NOCACHE},     {"ram-budget", required_argument, 0, O_RAM},
         {"salt", required_argument, 0, O_SALT},      {"n-predict", required_argument, 0, 'n'},
+        {"store", required_argument, 0, O_STORE},    {"store-ttl", required_argument, 0, O_STORE_TTL},
         {"temp", required_argument, 0, O_TEMP},      {"seed", required_argument, 0, O_SEED},
         {"top-k", required_argument, 0, O_TOPK},     {"top-p", required_argument, 0, O_TOPP},
         {"threads", required_argument, 0, 't'},      {"kv-type", required_argument, 0, O_KV},
@@ -126,6 +130,8 @@ int cmd_run(int argc, char **argv) {
         case O_NOCACHE: no_cache = 1; break;
         case O_RAM: ram_mb = atof(optarg); break;
         case O_SALT: salt = optarg; break;
+        case O_STORE: store_url = optarg; break;
+        case O_STORE_TTL: store_ttl = atoi(optarg); break;
         case 'n': n_predict = atoi(optarg); break;
         case O_TEMP: sp.temp = (float)atof(optarg); break;
         case O_SEED: sp.seed = (uint32_t)strtoul(optarg, NULL, 10); break;
@@ -202,6 +208,7 @@ int cmd_run(int argc, char **argv) {
     km_model *model = NULL;
     km_ctx *ctx = NULL;
     km_store *store = NULL;
+    km_redis *redis = NULL;
     char **segs = NULL;
     int n_segs = 0;
     char *sep_text = sep ? unescape(sep) : NULL;
@@ -228,9 +235,23 @@ int cmd_run(int argc, char **argv) {
         }
     }
 
+    if (store_url && !no_cache) {
+        km_redis_params rp = km_redis_default_params();
+        rp.url = store_url;
+        rp.ttl_s = store_ttl;
+        rp.sync_period_ms = 0; /* one request: one catalog sync, just below */
+        redis = km_redis_open(&rp, km_model_fingerprint(model), &err);
+        if (!redis) {
+            fprintf(stderr, "kvmesh run: --store: %s\n", err.msg);
+            goto out;
+        }
+        if (km_redis_catalog_sync(redis, true, &err) != 0) km_debug("shared tier catalog not loaded: %s", err.msg);
+    }
+
     n_segs = split_segments(prompt, sep_text, &segs);
     km_pcache_opts po = km_pcache_default_opts();
     po.salt = salt;
+    po.redis = redis;
     km_request req = {.segs = (const char *const *)segs, .n_segs = n_segs, .segment_bounds = sep_text != NULL,
                       .block_size = block, .sampling = sp, .n_predict = n_predict, .on_token = print_token,
                       .ud = model, .opts = &po};
@@ -242,6 +263,9 @@ int cmd_run(int argc, char **argv) {
     printf("\n");
     fflush(stdout);
     if (store) km_store_flush(store); /* snapshots are on disk before we report */
+    double t_up = km_now_ms();
+    int unsent = redis ? km_redis_flush(redis, 30000) : 0; /* write-behind: after the answer, before exit */
+    t_up = km_now_ms() - t_up;
     if (!quiet) {
         const km_prefill_report *rep = &res.prefill;
         char hit[64];
@@ -249,13 +273,20 @@ int cmd_run(int argc, char **argv) {
         else snprintf(hit, sizeof hit, "miss");
         fprintf(stderr,
                 "kvmesh: ttft %.1f ms | ttlt %.1f ms | prompt %d tok | reused %d tok (%s) | prefilled %d tok | "
-                "generated %d tok | stored %d states %.2f MB | loaded %.2f MB%s\n",
+                "generated %d tok | stored %d states %.2f MB | loaded %.2f MB%s%s\n",
                 res.ttft_ms, res.ttlt_ms, rep->n_prompt, rep->n_reused, hit, rep->n_prefilled, res.n_generated,
                 rep->n_saved, rep->bytes_saved / 1e6, rep->bytes_loaded / 1e6,
-                rep->n_rejected ? " | rejected bad cached states" : "");
+                rep->hit_tier == KM_TIER_REDIS ? " from redis" : "", rep->n_rejected ? " | rejected bad cached states" : "");
+        if (redis)
+            fprintf(stderr,
+                    "kvmesh: shared tier: %d GET(s) %.1f ms, %.2f MB fetched, %d catalog false positive(s) | "
+                    "uploaded %d state(s) %.2f MB in %.1f ms after the answer%s\n",
+                    rep->n_remote_gets, rep->t_remote_ms, rep->bytes_remote / 1e6, rep->n_false_positives,
+                    rep->n_uploaded - unsent, rep->bytes_uploaded / 1e6, t_up, unsent ? " (some NOT sent: server unavailable)" : "");
     }
     rc = 0;
 out:
+    if (redis) km_redis_close(redis, 0);
     if (store) km_store_close(store);
     km_ctx_free(ctx);
     km_model_free(model);
