@@ -56,7 +56,7 @@ static bool cpu_has_amx(void) {
     return amx;
 }
 
-static int file_fingerprint(const char *path, uint8_t out[KM_FINGERPRINT_LEN], km_error *err) {
+int km_file_fingerprint(const char *path, uint8_t out[KM_FINGERPRINT_LEN], km_error *err) {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return km_error_set(err, "%s: %s", path, strerror(errno));
     XXH3_state_t *st = XXH3_createState();
@@ -84,7 +84,7 @@ km_model *km_model_load(const char *path, km_error *err) {
     }
     km_model *m = calloc(1, sizeof *m);
     m->path = strdup(path);
-    if (file_fingerprint(path, m->fingerprint, err) != 0) goto fail;
+    if (km_file_fingerprint(path, m->fingerprint, err) != 0) goto fail;
     struct llama_model_params mp = llama_model_default_params();
     mp.n_gpu_layers = 0;
     mp.use_extra_bufts = !cpu_has_amx();

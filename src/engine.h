@@ -46,6 +46,8 @@ void km_engine_init(void);
 /* Load a GGUF. Also computes the model fingerprint (XXH3-128 of the whole file),
  * which names the exact weights: any other file, even of the same shape, differs. */
 km_model *km_model_load(const char *path, km_error *err);
+/* The fingerprint of a model file without loading it. */
+int km_file_fingerprint(const char *path, uint8_t out[KM_FINGERPRINT_LEN], km_error *err);
 void km_model_free(km_model *m);
 const uint8_t *km_model_fingerprint(const km_model *m);
 const char *km_model_path(const km_model *m);

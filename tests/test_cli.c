@@ -150,12 +150,50 @@ static void test_presets_load_and_run(void **state) {
     free(dir);
 }
 
+/* Two devices (two cache dirs) sharing a Redis tier from the command line. */
+static void test_run_with_shared_store(void **state) {
+    (void)state;
+    int port = tu_free_port();
+    int pid = tu_redis_start(port, NULL);
+    if (pid < 0) {
+        print_message("SKIP: redis-server not available\n");
+        skip();
+    }
+    char *dir = tu_tmpdir();
+    char args[9000];
+    const char *prompt = "--segment-sep '. ' --prompt 'Trains are fast. Planes are faster. Which is slower?'";
+    snprintf(args, sizeof args, "run --model '%s' --cache-dir %s/a --store redis://127.0.0.1:%d -n 6 %s",
+             tu_model("tiny-f16.gguf"), dir, port, prompt);
+    assert_int_equal(kvmesh(args), 0);
+    assert_out_has("(miss)");
+    assert_out_has("uploaded 3 state(s)");
+    static char text_a[sizeof out_buf];
+    memcpy(text_a, out_buf, sizeof out_buf);
+    *strstr(text_a, "kvmesh: ttft") = 0;
+    snprintf(args, sizeof args, "run --model '%s' --cache-dir %s/b --store redis://127.0.0.1:%d -n 6 %s",
+             tu_model("tiny-f16.gguf"), dir, port, prompt);
+    assert_int_equal(kvmesh(args), 0);
+    assert_out_has("(boundary 3/3)");
+    assert_out_has("from redis");
+    assert_out_has("1 GET(s)");
+    if (strncmp(out_buf, text_a, strlen(text_a)) != 0) fail_msg("text differs:\n%s\nvs\n%s", text_a, out_buf);
+    snprintf(args, sizeof args, "catalog rebuild --store redis://127.0.0.1:%d --model '%s'", port, tu_model("tiny-f16.gguf"));
+    assert_int_equal(kvmesh(args), 0);
+    assert_out_has("from 3 state(s)");
+    assert_int_equal(kvmesh("catalog rebuild --store http://x --model /etc/hostname"), 1);
+    assert_out_has("redis://");
+    tu_redis_stop(pid, 0);
+    tu_rmtree(dir);
+    free(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_help_everywhere),
         cmocka_unit_test(test_errors_name_the_file),
         cmocka_unit_test(test_run_twice_reuses),
         cmocka_unit_test(test_presets_load_and_run),
+        cmocka_unit_test(test_run_with_shared_store),
     };
     return cmocka_run_group_tests_name("cli", tests, NULL, NULL);
 }

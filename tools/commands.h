@@ -9,6 +9,7 @@ int cmd_gen_model(int argc, char **argv);
 int cmd_inspect(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_demo(int argc, char **argv);
+int cmd_catalog(int argc, char **argv);
 
 /* Default location of the vocab GGUFs (llama.cpp's models/ggml-vocab-*.gguf):
  * $KVMESH_VOCAB_DIR, else the directory the build was configured with. */
