@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <xxhash.h>
 
@@ -325,7 +326,7 @@ struct km_ctx {
 
 km_ctx_params km_ctx_default_params(void) {
     km_ctx_params p = {.n_ctx = 4096, .n_batch = 512, .n_threads = 1, .kv_type = KM_KV_F16, .flash_attn = -1,
-                       .n_seq = 1, .n_outputs_max = 8};
+                       .n_seq = 1, .n_outputs_max = 8, .slowdown = 1.0};
     return p;
 }
 
@@ -440,6 +441,15 @@ int km_seq_n_past(km_ctx *c, int seq) { return llama_memory_seq_pos_max(llama_ge
 
 /* ------------------------------------------------------------------ prefill */
 
+/* Time dilation: make this compute call last slowdown x as long, emulating a
+ * slower device (the bench measures the resulting prefill rate). */
+static void dilate(double t0, double slowdown) {
+    double extra = (km_now_ms() - t0) * (slowdown - 1.0);
+    struct timespec ts = {(time_t)(extra / 1e3), (long)((extra - (double)(time_t)(extra / 1e3) * 1e3) * 1e6)};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
+}
+
 /* Decode toks[0..n) at positions pos0.., in pieces of n_batch counted from
  * pos0. logits_last: request the logits of the final token. */
 static int decode_span(km_ctx *c, int seq, const int32_t *toks, int n, int pos0, bool logits_last, km_error *err) {
@@ -454,10 +464,12 @@ static int decode_span(km_ctx *c, int seq, const int32_t *toks, int n, int pos0,
             b->seq_id[i][0] = seq;
             b->logits[i] = logits_last && off + i == n - 1;
         }
+        double t0 = km_now_ms();
         int rc = llama_decode(c->lc, *b);
         if (rc != 0)
             return km_error_set(err, "llama_decode failed (code %d) at positions %d..%d%s", rc, pos0 + off,
                                 pos0 + off + m - 1, rc == 1 ? ": context full (raise --ctx)" : "");
+        if (c->p.slowdown > 1.0) dilate(t0, c->p.slowdown);
     }
     return 0;
 }

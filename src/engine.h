@@ -77,6 +77,8 @@ typedef struct km_ctx_params {
     int flash_attn;     /* -1 auto (default), 0 off, 1 on */
     int n_seq;          /* sequences (default 1) */
     int n_outputs_max;  /* logits rows per batch (default 8): with a 262k vocab each row costs 1 MiB of buffer */
+    double slowdown;    /* device emulation by time dilation: after each decode call, sleep
+                           (slowdown - 1) x its duration; 1 = off (default) */
 } km_ctx_params;
 
 km_ctx_params km_ctx_default_params(void);

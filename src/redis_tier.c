@@ -252,6 +252,7 @@ static void *writer_main(void *arg) {
             if (set) freeReplyObject(set);
             if (push) freeReplyObject(push);
         }
+        if (sent) km_link_request(r->p.link, t0, j->len + sizeof key + 64, 16);
         double dt = km_now_ms() - t0;
 
         pthread_mutex_lock(&r->q_lock);
@@ -306,6 +307,7 @@ static int load_master(km_redis *r, redisContext *c, km_error *err) {
         return km_error_set(err, "catalog GET failed: %s", c->errstr);
     }
     int rc = 0;
+    if (rep->type == REDIS_REPLY_STRING) km_link_request(r->p.link, km_now_ms(), 64, (size_t)rep->len);
     if (rep->type == REDIS_REPLY_STRING) {
         km_catalog *m = km_catalog_decode((const uint8_t *)rep->str, (size_t)rep->len, (size_t)64 << 20, err);
         if (!m) {
@@ -347,6 +349,7 @@ static int load_delta(km_redis *r, redisContext *c, km_error *err) {
         }
         size_t n = rep->elements;
         uint64_t bytes = 0;
+        km_link_request(r->p.link, km_now_ms(), 64, n * (KM_KEY_LEN + 5) + 8);
         pthread_mutex_lock(&r->cat_lock);
         if (r->cat_pos == pos) { /* no full load replaced the copy meanwhile */
             for (size_t i = 0; i < n; i++) {
@@ -642,6 +645,7 @@ int km_redis_get(km_redis *r, km_key key, uint8_t **blob, size_t *len, km_error 
         if (rep) freeReplyObject(rep);
     }
     pthread_mutex_unlock(&r->req_lock);
+    if (rc >= 0) km_link_request(r->p.link, t0, strlen(k) + 32, *len + 16);
     pthread_mutex_lock(&r->q_lock);
     r->st.gets++;
     r->st.get_ms += km_now_ms() - t0;

@@ -39,6 +39,7 @@
 #include <stdint.h>
 
 #include "catalog.h"
+#include "link.h"
 #include "prefix.h"
 #include "util.h"
 
@@ -55,6 +56,7 @@ typedef struct km_redis_params {
     int sync_period_ms;        /* catalog delta sync (default 500; 0 = no background sync) */
     int full_refresh_ms;       /* reload the master catalog (default 30000) */
     int rebuild_period_ms;     /* rebuild the master from the keys present (default 0 = never) */
+    km_link *link;             /* emulated link for every call (NULL: none; caller owns it) */
 } km_redis_params;
 
 typedef struct km_redis_stats {

@@ -338,6 +338,47 @@ static void test_catalog_sync_and_rebuild(void **state) {
     tu_redis_stop(pid, 0);
 }
 
+/* Through an emulated link, a GET pays the round trip and the bytes; the
+ * write-behind upload pays too, but off the caller's path. */
+static void test_link_shapes_transfers(void **state) {
+    (void)state;
+    int port = tu_free_port();
+    int pid = tu_redis_start(port, NULL);
+    skip_without_redis(pid);
+    km_link_params lp = {8e6, 20}; /* 1 MB/s, 20 ms */
+    km_link *link = km_link_new(&lp);
+    char url[64];
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d", port);
+    km_redis_params p = km_redis_default_params();
+    p.url = url;
+    p.sync_period_ms = 0;
+    p.link = link;
+    km_error err;
+    km_redis *r = km_redis_open(&p, FP, &err);
+    uint8_t *b = blob_n(7, 100000), *got;
+    size_t len;
+    double t0 = km_now_ms();
+    assert_int_equal(km_redis_put_async(r, key_n(7), b, 100000, &err), 0);
+    assert_true(km_now_ms() - t0 < 20); /* queued, not sent on the caller's time */
+    assert_int_equal(km_redis_flush(r, 5000), 0);
+    assert_true(km_now_ms() - t0 >= 120); /* the writer paid 20 ms + 100 ms */
+    t0 = km_now_ms();
+    assert_int_equal(km_redis_get(r, key_n(7), &got, &len, &err), 0);
+    double dt = km_now_ms() - t0;
+    assert_true(dt >= 120 && dt < 600);
+    assert_memory_equal(got, b, 100000);
+    free(got);
+    t0 = km_now_ms();
+    assert_int_equal(km_redis_get(r, key_n(8), &got, &len, &err), 1); /* a miss still pays the round trip */
+    assert_true(km_now_ms() - t0 >= 20);
+    km_redis_stats st = km_redis_get_stats(r);
+    assert_true(st.get_ms >= 140);
+    free(b);
+    km_redis_close(r, 1000);
+    km_link_free(link);
+    tu_redis_stop(pid, 0);
+}
+
 int main(void) {
     km_log_level = -1;
     const struct CMUnitTest tests[] = {
@@ -349,6 +390,7 @@ int main(void) {
         cmocka_unit_test(test_silent_server_times_out),
         cmocka_unit_test(test_queue_budget),
         cmocka_unit_test(test_catalog_sync_and_rebuild),
+        cmocka_unit_test(test_link_shapes_transfers),
     };
     return cmocka_run_group_tests_name("redis_tier", tests, NULL, NULL);
 }

@@ -31,6 +31,8 @@ static void run_usage(FILE *f) {
             "      --salt STR          separate key space (default none)\n"
             "      --store URL         shared tier: redis://[user:password@]host:port[/db]\n"
             "      --store-ttl S       expiry of states uploaded to the shared tier (default none)\n"
+            "      --link SPEC         emulate the link to the shared tier, e.g. bw=20mbit,rtt=5ms\n"
+            "      --slowdown K        emulate a K times slower device (time dilation of compute)\n"
             "  -n, --n-predict N       tokens to generate (default 32)\n"
             "      --temp T            temperature (default 0 = greedy)\n"
             "      --seed S            sampling seed (default 0)\n"
@@ -99,10 +101,12 @@ int cmd_run(int argc, char **argv) {
     const char *model_path = NULL, *prompt = NULL, *prompt_file = NULL, *sep = NULL, *cache_dir = NULL, *salt = NULL;
     int n_predict = 32, block = 256, quiet = 0, no_cache = 0, store_ttl = 0;
     const char *store_url = NULL;
+    km_link_params link_p = {0, 0};
+    int has_link = 0;
     double ram_mb = 256;
     km_ctx_params cp = km_ctx_default_params();
     km_sampling sp = km_sampling_default();
-    enum { O_SEP = 1000, O_BLOCK, O_CACHE, O_NOCACHE, O_RAM, O_SALT, O_TEMP, O_SEED, O_TOPK, O_TOPP, O_KV, O_FA, O_CTX, O_BATCH, O_STORE, O_STORE_TTL };
+    enum { O_SEP = 1000, O_BLOCK, O_CACHE, O_NOCACHE, O_RAM, O_SALT, O_TEMP, O_SEED, O_TOPK, O_TOPP, O_KV, O_FA, O_CTX, O_BATCH, O_STORE, O_STORE_TTL, O_LINK, O_SLOW };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},        {"prompt", required_argument, 0, 'p'},
         {"prompt-file", required_argument, 0, 'f'},  {"segment-sep", required_argument, 0, O_SEP},
@@ -110,6 +114,7 @@ int cmd_run(int argc, char **argv) {
         {"no-cache", no_argument, 0, O_NOCACHE},     {"ram-budget", required_argument, 0, O_RAM},
         {"salt", required_argument, 0, O_SALT},      {"n-predict", required_argument, 0, 'n'},
         {"store", required_argument, 0, O_STORE},    {"store-ttl", required_argument, 0, O_STORE_TTL},
+        {"link", required_argument, 0, O_LINK},      {"slowdown", required_argument, 0, O_SLOW},
         {"temp", required_argument, 0, O_TEMP},      {"seed", required_argument, 0, O_SEED},
         {"top-k", required_argument, 0, O_TOPK},     {"top-p", required_argument, 0, O_TOPP},
         {"threads", required_argument, 0, 't'},      {"kv-type", required_argument, 0, O_KV},
@@ -132,6 +137,16 @@ int cmd_run(int argc, char **argv) {
         case O_SALT: salt = optarg; break;
         case O_STORE: store_url = optarg; break;
         case O_STORE_TTL: store_ttl = atoi(optarg); break;
+        case O_LINK: {
+            km_error e;
+            if (km_link_parse(optarg, &link_p, &e) != 0) {
+                fprintf(stderr, "kvmesh run: --link: %s\n", e.msg);
+                return 2;
+            }
+            has_link = 1;
+            break;
+        }
+        case O_SLOW: cp.slowdown = atof(optarg); break;
         case 'n': n_predict = atoi(optarg); break;
         case O_TEMP: sp.temp = (float)atof(optarg); break;
         case O_SEED: sp.seed = (uint32_t)strtoul(optarg, NULL, 10); break;
@@ -167,6 +182,10 @@ int cmd_run(int argc, char **argv) {
     }
     if (!model_path || (!prompt == !prompt_file)) {
         fprintf(stderr, "kvmesh run: need --model and exactly one of --prompt / --prompt-file (see --help)\n");
+        return 2;
+    }
+    if (!(cp.slowdown >= 1.0)) {
+        fprintf(stderr, "kvmesh run: --slowdown must be >= 1\n");
         return 2;
     }
     if (n_predict < 0 || cp.n_threads < 1 || cp.n_ctx < 8 || cp.n_batch < 1 || block < 0 || ram_mb < 0) {
@@ -209,6 +228,7 @@ int cmd_run(int argc, char **argv) {
     km_ctx *ctx = NULL;
     km_store *store = NULL;
     km_redis *redis = NULL;
+    km_link *link = NULL;
     char **segs = NULL;
     int n_segs = 0;
     char *sep_text = sep ? unescape(sep) : NULL;
@@ -240,6 +260,7 @@ int cmd_run(int argc, char **argv) {
         rp.url = store_url;
         rp.ttl_s = store_ttl;
         rp.sync_period_ms = 0; /* one request: one catalog sync, just below */
+        if (has_link) rp.link = link = km_link_new(&link_p);
         redis = km_redis_open(&rp, km_model_fingerprint(model), &err);
         if (!redis) {
             fprintf(stderr, "kvmesh run: --store: %s\n", err.msg);
@@ -287,6 +308,7 @@ int cmd_run(int argc, char **argv) {
     rc = 0;
 out:
     if (redis) km_redis_close(redis, 0);
+    km_link_free(link);
     if (store) km_store_close(store);
     km_ctx_free(ctx);
     km_model_free(model);
