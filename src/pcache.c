@@ -78,6 +78,7 @@ static int on_boundary(void *ud, int i, int n_past, const uint8_t *state, size_t
  * its catalog says it may hold the key: no catalog hit, no round trip. */
 static int fetch_blob(km_store *store, km_redis *redis, km_key key, uint8_t **blob, size_t *len, int *tier,
                       km_prefill_report *rep) {
+    /* (returns 0 got it, 1 nothing usable) */
     km_error e;
     if (store && km_store_contains(store, key)) {
         int rc = km_store_get(store, key, blob, len, &e);
@@ -98,6 +99,11 @@ static int fetch_blob(km_store *store, km_redis *redis, km_key key, uint8_t **bl
             return 0;
         }
         if (rc == 1) rep->n_false_positives++; /* the catalog was stale or wrong: a miss */
+        if (rc == 2) {                         /* e.g. oversized: never a valid blob */
+            km_warn("shared-tier value rejected and removed: %s", e.msg);
+            rep->n_rejected++;
+            km_redis_del(redis, key, &e);
+        }
     }
     return 1;
 }

@@ -632,10 +632,14 @@ int km_redis_get(km_redis *r, km_key key, uint8_t **blob, size_t *len, km_error 
             mark_down(r, &r->req, c->errstr);
         } else if (rep->type == REDIS_REPLY_NIL) {
             rc = 1;
-        } else if (rep->type != REDIS_REPLY_STRING) {
-            rc = km_error_set(err, "Redis GET %s: unexpected reply (%s)", k, rep->type == REDIS_REPLY_ERROR ? rep->str : "not a string");
+        } else if (rep->type == REDIS_REPLY_ERROR && strncmp(rep->str, "WRONGTYPE", 9) != 0) {
+            rc = km_error_set(err, "Redis GET %s: %s", k, rep->str);
+        } else if (rep->type != REDIS_REPLY_STRING) { /* incl. WRONGTYPE: some other kind of value */
+            km_error_set(err, "Redis GET %s: the value is not a string", k);
+            rc = 2;
         } else if ((size_t)rep->len > r->p.max_blob) {
-            rc = km_error_set(err, "Redis GET %s: %lld-byte value exceeds the limit of %zu", k, (long long)rep->len, r->p.max_blob);
+            km_error_set(err, "Redis GET %s: %lld-byte value exceeds the limit of %zu", k, (long long)rep->len, r->p.max_blob);
+            rc = 2;
         } else {
             *blob = malloc((size_t)rep->len ? (size_t)rep->len : 1);
             memcpy(*blob, rep->str, (size_t)rep->len);
@@ -645,7 +649,7 @@ int km_redis_get(km_redis *r, km_key key, uint8_t **blob, size_t *len, km_error 
         if (rep) freeReplyObject(rep);
     }
     pthread_mutex_unlock(&r->req_lock);
-    if (rc >= 0) km_link_request(r->p.link, t0, strlen(k) + 32, *len + 16);
+    if (rc >= 0) km_link_request(r->p.link, t0, strlen(k) + 32, *len + 16); /* (an oversized value was read too) */
     pthread_mutex_lock(&r->q_lock);
     r->st.gets++;
     r->st.get_ms += km_now_ms() - t0;
@@ -654,6 +658,8 @@ int km_redis_get(km_redis *r, km_key key, uint8_t **blob, size_t *len, km_error 
         r->st.bytes_down += *len;
     } else if (rc == 1) {
         r->st.misses++;
+    } else if (rc == 2) {
+        r->st.bad_values++;
     } else {
         r->st.get_errors++;
     }

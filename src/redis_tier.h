@@ -60,7 +60,7 @@ typedef struct km_redis_params {
 } km_redis_params;
 
 typedef struct km_redis_stats {
-    uint64_t gets, hits, misses, get_errors;
+    uint64_t gets, hits, misses, get_errors, bad_values;
     uint64_t bytes_down, bytes_up;
     uint64_t uploads_done, uploads_failed, uploads_dropped, uploads_pending;
     uint64_t deletes;
@@ -85,7 +85,9 @@ km_redis *km_redis_open(const km_redis_params *p, const uint8_t fingerprint[KM_F
 /* Flush uploads (waiting at most flush_ms), report unsent ones, disconnect, free. */
 void km_redis_close(km_redis *r, int flush_ms);
 
-/* GET the blob of key: 0 hit (*blob malloc'd), 1 miss, -1 error or tier down. */
+/* GET the blob of key: 0 hit (*blob malloc'd), 1 miss, 2 a value that cannot
+ * be a blob (over max_blob, or not a string: the caller deletes it), -1 error
+ * or tier down. */
 int km_redis_get(km_redis *r, km_key key, uint8_t **blob, size_t *len, km_error *err);
 /* Queue an upload (copies blob). Returns -1 if refused (too large). */
 int km_redis_put_async(km_redis *r, km_key key, const uint8_t *blob, size_t len, km_error *err);

@@ -185,6 +185,20 @@ static void test_bad_blobs_in_redis(void **state) {
     assert_int_equal(rep.n_rejected, 1);
     assert_int_equal(rep.n_false_positives, 1);
     assert_int_equal(rep.hit_index, nb - 3);
+    /* oversized (over the tier's max_blob) and non-string values: rejected, deleted */
+    km_redis_flush(c.redis, 5000);
+    freeReplyObject(cmd("DEL %s", k_last));
+    freeReplyObject(cmd("RPUSH %s %s", k_last, "a list, not a string"));
+    device d = dev_open();
+    km_redis_catalog_sync(d.redis, false, &err);
+    request(&d, &rep);
+    assert_int_equal(rep.n_rejected, 1);
+    assert_int_equal(km_redis_get_stats(d.redis).deletes, 1);
+    assert_int_equal(km_redis_flush(d.redis, 5000), 0);
+    redisReply *t = cmd("STRLEN %s", k_last); /* replaced by d's own snapshot */
+    assert_true(t->type == REDIS_REPLY_INTEGER && t->integer > 1000);
+    freeReplyObject(t);
+    dev_close(&d);
     dev_close(&a);
     dev_close(&b);
     dev_close(&c);

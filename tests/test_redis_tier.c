@@ -118,6 +118,21 @@ static void test_roundtrip_namespace_ttl(void **state) {
     rep = redisCommand(c, "STRLEN %s", k);
     assert_int_equal(rep->integer, 100000);
     freeReplyObject(rep);
+    /* a value over max_blob is refused by the client (code 2: delete it) */
+    {
+        km_redis_params small = km_redis_default_params();
+        char url[64];
+        snprintf(url, sizeof url, "redis://127.0.0.1:%d/2", port);
+        small.url = url;
+        small.max_blob = 1000;
+        small.sync_period_ms = 0;
+        km_redis *s = km_redis_open(&small, FP, &err);
+        assert_int_equal(km_redis_get(s, key_n(1), &got, &len, &err), 2);
+        assert_non_null(strstr(err.msg, "exceeds the limit of 1000"));
+        assert_int_equal(km_redis_get_stats(s).bad_values, 1);
+        assert_int_equal(km_redis_put_async(s, key_n(9), b, 100000, &err), -1);
+        km_redis_close(s, 100);
+    }
     /* delete */
     assert_int_equal(km_redis_del(r, key_n(1), &err), 0);
     assert_int_equal(km_redis_get(r, key_n(1), &got, &len, &err), 1);
