@@ -12,7 +12,8 @@ static char out_buf[1 << 16];
 
 /* Run `kvmesh <args>` with stdout and stderr captured; returns the exit code. */
 static int kvmesh(const char *args) {
-    char cmd[8192], tmpl[] = "/tmp/kvmesh-cli-XXXXXX";
+    char cmd[8192], tmpl[4096];
+    snprintf(tmpl, sizeof tmpl, "%s/kvmesh-cli-XXXXXX", tu_tmp_base());
     int fd = mkstemp(tmpl);
     assert_true(fd >= 0);
     snprintf(cmd, sizeof cmd, "'%s' %s >%s 2>&1", tu_kvmesh_bin(), args, tmpl);

@@ -23,14 +23,22 @@ const char *tu_shared(const char *rel) {
     return buf;
 }
 
+const char *tu_tmp_base(void) {
+    const char *t = getenv("TMPDIR");
+    return t && *t ? t : P_tmpdir;
+}
+
 char *tu_tmpdir(void) {
-    char tmpl[] = "/tmp/kvmesh-test-XXXXXX";
+    char tmpl[4096];
+    snprintf(tmpl, sizeof tmpl, "%s/kvmesh-test-XXXXXX", tu_tmp_base());
     char *d = mkdtemp(tmpl);
     return d ? strdup(d) : NULL;
 }
 
 void tu_rmtree(const char *dir) {
-    if (!dir || strncmp(dir, "/tmp/kvmesh-test-", 17) != 0) return;
+    /* only what tu_tmpdir made */
+    const char *slash = dir ? strrchr(dir, '/') : NULL;
+    if (!slash || strncmp(slash + 1, "kvmesh-test-", 12) != 0 || strchr(dir, '\'')) return;
     char cmd[4200];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     if (system(cmd) != 0) fprintf(stderr, "warning: could not remove %s\n", dir);

@@ -12,6 +12,8 @@
 const char *tu_model(const char *file);
 /* Path under ../shared (e.g. "models/stories260K.gguf"), or NULL if absent. */
 const char *tu_shared(const char *rel);
+/* $TMPDIR, else the system's temporary directory. */
+const char *tu_tmp_base(void);
 /* A fresh empty temporary directory (removed by tu_rmtree). */
 char *tu_tmpdir(void);
 void tu_rmtree(const char *dir);
