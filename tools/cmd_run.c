@@ -31,6 +31,10 @@ static void run_usage(FILE *f) {
             "      --salt STR          separate key space (default none)\n"
             "      --store URL         shared tier: redis://[user:password@]host:port[/db]\n"
             "      --store-ttl S       expiry of states uploaded to the shared tier (default none)\n"
+            "      --store-timeout MS  I/O timeout of shared-tier calls (default 2000; connect: 500)\n"
+            "      --catalog-capacity N, --catalog-error P\n"
+            "                          local catalog copy sizing (default 100000 keys, 0.01); must\n"
+            "                          match what `kvmesh catalog rebuild` used to load its master\n"
             "      --link SPEC         emulate the link to the shared tier, e.g. bw=20mbit,rtt=5ms\n"
             "      --slowdown K        emulate a K times slower device (time dilation of compute)\n"
             "  -n, --n-predict N       tokens to generate (default 32)\n"
@@ -102,11 +106,12 @@ int cmd_run(int argc, char **argv) {
     int n_predict = 32, block = 256, quiet = 0, no_cache = 0, store_ttl = 0;
     const char *store_url = NULL;
     km_link_params link_p = {0, 0};
+    km_redis_params rp = km_redis_default_params();
     int has_link = 0;
     double ram_mb = 256;
     km_ctx_params cp = km_ctx_default_params();
     km_sampling sp = km_sampling_default();
-    enum { O_SEP = 1000, O_BLOCK, O_CACHE, O_NOCACHE, O_RAM, O_SALT, O_TEMP, O_SEED, O_TOPK, O_TOPP, O_KV, O_FA, O_CTX, O_BATCH, O_STORE, O_STORE_TTL, O_LINK, O_SLOW };
+    enum { O_SEP = 1000, O_BLOCK, O_CACHE, O_NOCACHE, O_RAM, O_SALT, O_TEMP, O_SEED, O_TOPK, O_TOPP, O_KV, O_FA, O_CTX, O_BATCH, O_STORE, O_STORE_TTL, O_LINK, O_SLOW, O_STORE_TIMEOUT, O_CAT_CAP, O_CAT_ERR };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},        {"prompt", required_argument, 0, 'p'},
         {"prompt-file", required_argument, 0, 'f'},  {"segment-sep", required_argument, 0, O_SEP},
@@ -115,6 +120,8 @@ int cmd_run(int argc, char **argv) {
         {"salt", required_argument, 0, O_SALT},      {"n-predict", required_argument, 0, 'n'},
         {"store", required_argument, 0, O_STORE},    {"store-ttl", required_argument, 0, O_STORE_TTL},
         {"link", required_argument, 0, O_LINK},      {"slowdown", required_argument, 0, O_SLOW},
+        {"store-timeout", required_argument, 0, O_STORE_TIMEOUT},
+        {"catalog-capacity", required_argument, 0, O_CAT_CAP}, {"catalog-error", required_argument, 0, O_CAT_ERR},
         {"temp", required_argument, 0, O_TEMP},      {"seed", required_argument, 0, O_SEED},
         {"top-k", required_argument, 0, O_TOPK},     {"top-p", required_argument, 0, O_TOPP},
         {"threads", required_argument, 0, 't'},      {"kv-type", required_argument, 0, O_KV},
@@ -147,6 +154,9 @@ int cmd_run(int argc, char **argv) {
             break;
         }
         case O_SLOW: cp.slowdown = atof(optarg); break;
+        case O_STORE_TIMEOUT: rp.io_timeout_ms = atoi(optarg); break;
+        case O_CAT_CAP: rp.catalog.capacity = (uint32_t)strtoul(optarg, NULL, 10); break;
+        case O_CAT_ERR: rp.catalog.error = atof(optarg); break;
         case 'n': n_predict = atoi(optarg); break;
         case O_TEMP: sp.temp = (float)atof(optarg); break;
         case O_SEED: sp.seed = (uint32_t)strtoul(optarg, NULL, 10); break;
@@ -256,7 +266,6 @@ int cmd_run(int argc, char **argv) {
     }
 
     if (store_url && !no_cache) {
-        km_redis_params rp = km_redis_default_params();
         rp.url = store_url;
         rp.ttl_s = store_ttl;
         rp.sync_period_ms = 0; /* one request: one catalog sync, just below */
