@@ -41,7 +41,6 @@ typedef struct snap_ctx {
     km_ctx *c;
     km_store *store;
     km_redis *redis;
-    int seq;
     const int32_t *tokens;
     const km_key *keys;
     km_prefill_report *rep;
@@ -56,11 +55,13 @@ static int on_boundary(void *ud, int i, int n_past, const uint8_t *state, size_t
     if (km_blob_from_state(s->c, s->tokens, n_past, state, state_len, &blob, &len, &e) != 0) {
         km_warn("snapshot at %d tokens failed: %s", n_past, e.msg);
     } else {
-        if (!s->store || km_store_put(s->store, s->keys[i], blob, len, &e) == 0) {
-            s->rep->n_saved++;
-            s->rep->bytes_saved += len;
-        } else {
-            km_warn("snapshot at %d tokens not stored: %s", n_past, e.msg);
+        if (s->store) {
+            if (km_store_put(s->store, s->keys[i], blob, len, &e) == 0) {
+                s->rep->n_saved++;
+                s->rep->bytes_saved += len;
+            } else {
+                km_warn("snapshot at %d tokens not stored: %s", n_past, e.msg);
+            }
         }
         /* write-behind: queued here, sent by the tier's own thread */
         if (s->redis && km_redis_put_async(s->redis, s->keys[i], blob, len, &e) == 0) {
@@ -73,12 +74,11 @@ static int on_boundary(void *ud, int i, int n_past, const uint8_t *state, size_t
     return 0; /* a failed snapshot costs reuse later, never this request */
 }
 
-/* Fetch the blob of key from a tier: 0 got it, 1 not there, -1 error.
- * Order: the local store (exact index), then the shared tier, but only when
+/* Fetch the blob of key from a tier: 0 got it (*tier says which), 1 nothing
+ * usable. Order: the local store (exact index), then the shared tier, but only when
  * its catalog says it may hold the key: no catalog hit, no round trip. */
 static int fetch_blob(km_store *store, km_redis *redis, km_key key, uint8_t **blob, size_t *len, int *tier,
                       km_prefill_report *rep) {
-    /* (returns 0 got it, 1 nothing usable) */
     km_error e;
     if (store && km_store_contains(store, key)) {
         int rc = km_store_get(store, key, blob, len, &e);
@@ -157,22 +157,18 @@ int km_pcache_prefill(km_ctx *c, km_store *store, int seq, const int32_t *tokens
         double t0 = km_now_ms();
         keys = malloc((size_t)n_bounds * sizeof *keys);
         km_keys_for_boundaries(km_ctx_root_key(c, o.salt), tokens, bounds, n_bounds, keys);
-        if (o.lookup) {
-            double t_restore_before = rep->t_restore_ms;
-            rep->hit_index = restore_longest(c, store, redis, seq, tokens, n_tokens, bounds, n_bounds, keys, &o, rep);
-            rep->t_lookup_ms = km_now_ms() - t0 - (rep->t_restore_ms - t_restore_before);
-        } else {
-            rep->t_lookup_ms = km_now_ms() - t0;
-        }
+        /* a failed restore leaves the sequence empty (km_state_restore) */
+        if (o.lookup) rep->hit_index = restore_longest(c, store, redis, seq, tokens, n_tokens, bounds, n_bounds, keys, &o, rep);
+        rep->t_lookup_ms = km_now_ms() - t0 - rep->t_restore_ms;
         if (rep->hit_index >= 0) n_past = bounds[rep->hit_index];
-        else km_seq_clear(c, seq);
     }
     rep->n_reused = n_past;
     rep->n_prefilled = n_tokens - n_past;
 
-    snap_ctx sc = {c, store, redis, seq, tokens, keys, rep};
+    snap_ctx sc = {c, store, redis, tokens, keys, rep};
     double t0 = km_now_ms();
-    int rc = km_prefill(c, seq, tokens, n_tokens, n_past, bounds, n_bounds, (store || redis) && o.save ? on_boundary : NULL, &sc, err);
+    km_boundary_fn fn = (store || redis) && o.save ? on_boundary : NULL;
+    int rc = km_prefill(c, seq, tokens, n_tokens, n_past, bounds, n_bounds, fn, &sc, err);
     rep->t_prefill_ms = km_now_ms() - t0 - rep->t_save_ms;
     free(keys);
     return rc;

@@ -205,6 +205,35 @@ static redisContext *ensure(km_redis *r, conn *cn) {
     return cn->ctx;
 }
 
+/* One command on cn, connecting first if due. NULL when the tier is down or
+ * the connection broke (then marked down), with err naming the command. */
+static redisReply *command(km_redis *r, conn *cn, km_error *err, const char *what, const char *fmt, ...) {
+    redisContext *c = ensure(r, cn);
+    if (!c) {
+        km_error_set(err, "Redis at %s:%d is down", r->host, r->port);
+        return NULL;
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *rep = redisvCommand(c, fmt, ap);
+    va_end(ap);
+    if (!rep) {
+        km_error_set(err, "Redis %s failed: %s", what, c->errstr);
+        mark_down(r, cn, c->errstr);
+    }
+    return rep;
+}
+
+/* pthread_cond_timedwait for at most ms milliseconds. */
+static void timed_wait(pthread_cond_t *cond, pthread_mutex_t *lock, double ms) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    long ns = ts.tv_nsec + (long)(ms * 1e6);
+    ts.tv_sec += ns / 1000000000L;
+    ts.tv_nsec = ns % 1000000000L;
+    pthread_cond_timedwait(cond, lock, &ts);
+}
+
 void km_redis_state_key(const km_redis *r, km_key key, char *out, size_t len) {
     char hex[2 * KM_KEY_LEN + 1];
     km_key_hex(key, hex);
@@ -272,14 +301,7 @@ static void *writer_main(void *arg) {
             r->q_len++;
             r->q_bytes += j->len;
             double wait = r->wr.next_retry_ms - km_now_ms();
-            if (wait > 0) {
-                struct timespec ts;
-                clock_gettime(CLOCK_REALTIME, &ts);
-                long ns = ts.tv_nsec + (long)(wait * 1e6);
-                ts.tv_sec += ns / 1000000000L;
-                ts.tv_nsec = ns % 1000000000L;
-                pthread_cond_timedwait(&r->q_cond, &r->q_lock, &ts);
-            }
+            if (wait > 0) timed_wait(&r->q_cond, &r->q_lock, wait);
         } else {
             r->st.uploads_failed++;
             free(j->data);
@@ -298,17 +320,15 @@ static void *writer_main(void *arg) {
 static void ns_key(const km_redis *r, const char *suffix, char *out, size_t len) { snprintf(out, len, "%s%s", r->ns, suffix); }
 
 /* Replace the local copy with the master catalog, if there is one. */
-static int load_master(km_redis *r, redisContext *c, km_error *err) {
+static int load_master(km_redis *r, km_error *err) {
     char k[128];
     ns_key(r, "catalog", k, sizeof k);
-    redisReply *rep = redisCommand(c, "GET %s", k);
-    if (!rep) {
-        mark_down(r, &r->sync, c->errstr);
-        return km_error_set(err, "catalog GET failed: %s", c->errstr);
-    }
+    double t0 = km_now_ms();
+    redisReply *rep = command(r, &r->sync, err, "catalog GET", "GET %s", k);
+    if (!rep) return -1;
     int rc = 0;
-    if (rep->type == REDIS_REPLY_STRING) km_link_request(r->p.link, km_now_ms(), 64, (size_t)rep->len);
     if (rep->type == REDIS_REPLY_STRING) {
+        km_link_request(r->p.link, t0, 64, (size_t)rep->len);
         km_catalog *m = km_catalog_decode((const uint8_t *)rep->str, (size_t)rep->len, (size_t)64 << 20, err);
         if (!m) {
             km_warn("master catalog in Redis is invalid (%s); keeping the local copy", err->msg);
@@ -331,25 +351,24 @@ static int load_master(km_redis *r, redisContext *c, km_error *err) {
 }
 
 /* Add the list entries past cat_pos. */
-static int load_delta(km_redis *r, redisContext *c, km_error *err) {
+static int load_delta(km_redis *r, km_error *err) {
     char k[128];
     ns_key(r, "added", k, sizeof k);
     for (;;) {
         pthread_mutex_lock(&r->cat_lock);
         uint64_t pos = r->cat_pos;
         pthread_mutex_unlock(&r->cat_lock);
-        redisReply *rep = redisCommand(c, "LRANGE %s %llu %llu", k, (unsigned long long)pos, (unsigned long long)pos + 4095);
-        if (!rep) {
-            mark_down(r, &r->sync, c->errstr);
-            return km_error_set(err, "catalog LRANGE failed: %s", c->errstr);
-        }
+        double t0 = km_now_ms();
+        redisReply *rep = command(r, &r->sync, err, "catalog LRANGE", "LRANGE %s %llu %llu", k, (unsigned long long)pos,
+                                  (unsigned long long)pos + 4095);
+        if (!rep) return -1;
         if (rep->type != REDIS_REPLY_ARRAY) {
             freeReplyObject(rep);
             return km_error_set(err, "catalog list %s is not a list", k);
         }
         size_t n = rep->elements;
         uint64_t bytes = 0;
-        km_link_request(r->p.link, km_now_ms(), 64, n * (KM_KEY_LEN + 5) + 8);
+        km_link_request(r->p.link, t0, 64, n * (KM_KEY_LEN + 5) + 8);
         pthread_mutex_lock(&r->cat_lock);
         if (r->cat_pos == pos) { /* no full load replaced the copy meanwhile */
             for (size_t i = 0; i < n; i++) {
@@ -375,17 +394,9 @@ static int load_delta(km_redis *r, redisContext *c, km_error *err) {
 
 int km_redis_catalog_sync(km_redis *r, bool force_full, km_error *err) {
     pthread_mutex_lock(&r->sync_lock);
-    redisContext *c = ensure(r, &r->sync);
-    int rc;
-    if (!c) {
-        rc = km_error_set(err, "Redis at %s:%d is down", r->host, r->port);
-    } else {
-        rc = 0;
-        if (force_full || r->last_full_ms == 0 || km_now_ms() - r->last_full_ms >= r->p.full_refresh_ms)
-            load_master(r, c, err); /* an invalid master is reported; the delta still runs */
-        if (r->sync.ctx) rc = load_delta(r, r->sync.ctx, err);
-        else rc = -1;
-    }
+    if (force_full || r->last_full_ms == 0 || km_now_ms() - r->last_full_ms >= r->p.full_refresh_ms)
+        load_master(r, err); /* an invalid master is reported; the delta still runs */
+    int rc = load_delta(r, err);
     pthread_mutex_unlock(&r->sync_lock);
     pthread_mutex_lock(&r->q_lock);
     r->st.catalog_syncs++;
@@ -393,42 +404,39 @@ int km_redis_catalog_sync(km_redis *r, bool force_full, km_error *err) {
     return rc;
 }
 
+/* A reply of the expected type, or NULL with err set (and the reply freed). */
+static redisReply *expect_type(redisReply *rep, int type, const char *what, km_error *err) {
+    if (rep && (rep->type != type || (type == REDIS_REPLY_ARRAY && rep->elements != 2))) {
+        km_error_set(err, "catalog rebuild: unexpected %s reply%s%s", what, rep->type == REDIS_REPLY_ERROR ? ": " : "",
+                     rep->type == REDIS_REPLY_ERROR ? rep->str : "");
+        freeReplyObject(rep);
+        return NULL;
+    }
+    return rep;
+}
+
 int km_redis_catalog_rebuild(km_redis *r, uint32_t *n_keys, km_error *err) {
     *n_keys = 0;
     km_catalog *cat = km_catalog_new(&r->p.catalog, err);
     if (!cat) return -1;
-    pthread_mutex_lock(&r->sync_lock);
-    redisContext *c = ensure(r, &r->sync);
-    int rc = 0;
     char list[128], pattern[160], master[128];
     ns_key(r, "added", list, sizeof list);
     ns_key(r, "s:*", pattern, sizeof pattern);
     ns_key(r, "catalog", master, sizeof master);
-    if (!c) {
-        rc = km_error_set(err, "Redis at %s:%d is down", r->host, r->port);
-        goto out;
-    }
+    size_t plen = strlen(pattern) - 1; /* prefix before the '*' */
+    int rc = -1;
+    pthread_mutex_lock(&r->sync_lock);
     /* The list length first: keys uploaded after this point are list entries
      * past it, which every client adds on top of the master anyway. */
-    redisReply *rep = redisCommand(c, "LLEN %s", list);
-    if (!rep || rep->type != REDIS_REPLY_INTEGER) {
-        rc = km_error_set(err, "catalog rebuild: LLEN failed");
-        if (!rep) mark_down(r, &r->sync, c->errstr);
-        else freeReplyObject(rep);
-        goto out;
-    }
+    redisReply *rep = expect_type(command(r, &r->sync, err, "LLEN", "LLEN %s", list), REDIS_REPLY_INTEGER, "LLEN", err);
+    if (!rep) goto out;
     uint64_t pos = (uint64_t)rep->integer;
     freeReplyObject(rep);
-    size_t plen = strlen(pattern) - 1; /* prefix before the '*' */
     char cursor[32] = "0";
     do {
-        rep = redisCommand(c, "SCAN %s MATCH %s COUNT 1000", cursor, pattern);
-        if (!rep || rep->type != REDIS_REPLY_ARRAY || rep->elements != 2) {
-            rc = km_error_set(err, "catalog rebuild: SCAN failed");
-            if (!rep) mark_down(r, &r->sync, c->errstr);
-            else freeReplyObject(rep);
-            goto out;
-        }
+        rep = expect_type(command(r, &r->sync, err, "SCAN", "SCAN %s MATCH %s COUNT 1000", cursor, pattern),
+                          REDIS_REPLY_ARRAY, "SCAN", err);
+        if (!rep) goto out;
         snprintf(cursor, sizeof cursor, "%s", rep->element[0]->str);
         redisReply *keys = rep->element[1];
         for (size_t i = 0; i < keys->elements; i++) {
@@ -443,30 +451,23 @@ int km_redis_catalog_rebuild(km_redis *r, uint32_t *n_keys, km_error *err) {
     km_catalog_set_version(cat, pos);
     uint8_t *buf;
     size_t len;
-    if (km_catalog_encode(cat, &buf, &len, err) != 0) {
-        rc = -1;
-        goto out;
-    }
-    rep = redisCommand(c, "SET %s %b", master, buf, len);
+    if (km_catalog_encode(cat, &buf, &len, err) != 0) goto out;
+    rep = expect_type(command(r, &r->sync, err, "SET", "SET %s %b", master, buf, len), REDIS_REPLY_STATUS, "SET", err);
     free(buf);
-    if (!rep || rep->type == REDIS_REPLY_ERROR) {
-        rc = km_error_set(err, "catalog rebuild: SET failed: %s", rep ? rep->str : c->errstr);
-        if (!rep) mark_down(r, &r->sync, c->errstr);
-    }
-    if (rep) freeReplyObject(rep);
-    if (rc == 0) {
-        pthread_mutex_lock(&r->cat_lock);
-        km_catalog_free(r->catalog);
-        r->catalog = cat;
-        cat = NULL;
-        r->cat_pos = pos;
-        pthread_mutex_unlock(&r->cat_lock);
-        r->last_rebuild_ms = km_now_ms();
-        if (r->sync.ctx) load_delta(r, r->sync.ctx, err);
-        pthread_mutex_lock(&r->q_lock);
-        r->st.catalog_rebuilds++;
-        pthread_mutex_unlock(&r->q_lock);
-    }
+    if (!rep) goto out;
+    freeReplyObject(rep);
+    pthread_mutex_lock(&r->cat_lock);
+    km_catalog_free(r->catalog);
+    r->catalog = cat;
+    cat = NULL;
+    r->cat_pos = pos;
+    pthread_mutex_unlock(&r->cat_lock);
+    r->last_rebuild_ms = km_now_ms();
+    load_delta(r, err);
+    pthread_mutex_lock(&r->q_lock);
+    r->st.catalog_rebuilds++;
+    pthread_mutex_unlock(&r->q_lock);
+    rc = 0;
 out:
     pthread_mutex_unlock(&r->sync_lock);
     km_catalog_free(cat);
@@ -493,12 +494,7 @@ static void *syncer_main(void *arg) {
         km_redis_catalog_sync(r, false, &e);
         pthread_mutex_lock(&r->q_lock);
         if (r->stop) break;
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        long ns = ts.tv_nsec + (long)r->p.sync_period_ms * 1000000L;
-        ts.tv_sec += ns / 1000000000L;
-        ts.tv_nsec = ns % 1000000000L;
-        pthread_cond_timedwait(&r->sync_cond, &r->q_lock, &ts);
+        timed_wait(&r->sync_cond, &r->q_lock, r->p.sync_period_ms);
     }
     pthread_mutex_unlock(&r->q_lock);
     return NULL;
@@ -564,14 +560,8 @@ int km_redis_flush(km_redis *r, int deadline_ms) {
     /* Give up early when the server stays unreachable: two more failed
      * connection attempts (the backoff makes them ~0.3 s apart at first). */
     uint64_t f0 = r->wr_failures;
-    while ((r->head || r->in_flight) && km_now_ms() < until && r->wr_failures < f0 + 2) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        long ns = ts.tv_nsec + 20 * 1000000L;
-        ts.tv_sec += ns / 1000000000L;
-        ts.tv_nsec = ns % 1000000000L;
-        pthread_cond_timedwait(&r->q_idle, &r->q_lock, &ts);
-    }
+    while ((r->head || r->in_flight) && km_now_ms() < until && r->wr_failures < f0 + 2)
+        timed_wait(&r->q_idle, &r->q_lock, 20);
     int pending = r->q_len + r->in_flight;
     pthread_mutex_unlock(&r->q_lock);
     return pending;
@@ -620,17 +610,11 @@ int km_redis_get(km_redis *r, km_key key, uint8_t **blob, size_t *len, km_error 
     char k[128];
     km_redis_state_key(r, key, k, sizeof k);
     double t0 = km_now_ms();
-    int rc;
+    int rc = -1;
     pthread_mutex_lock(&r->req_lock);
-    redisContext *c = ensure(r, &r->req);
-    if (!c) {
-        rc = km_error_set(err, "Redis at %s:%d is down", r->host, r->port);
-    } else {
-        redisReply *rep = redisCommand(c, "GET %s", k);
-        if (!rep) {
-            rc = km_error_set(err, "Redis GET failed: %s", c->errstr);
-            mark_down(r, &r->req, c->errstr);
-        } else if (rep->type == REDIS_REPLY_NIL) {
+    redisReply *rep = command(r, &r->req, err, "GET", "GET %s", k);
+    if (rep) {
+        if (rep->type == REDIS_REPLY_NIL) {
             rc = 1;
         } else if (rep->type == REDIS_REPLY_ERROR && strncmp(rep->str, "WRONGTYPE", 9) != 0) {
             rc = km_error_set(err, "Redis GET %s: %s", k, rep->str);
@@ -646,10 +630,10 @@ int km_redis_get(km_redis *r, km_key key, uint8_t **blob, size_t *len, km_error 
             *len = (size_t)rep->len;
             rc = 0;
         }
-        if (rep) freeReplyObject(rep);
+        freeReplyObject(rep);
     }
     pthread_mutex_unlock(&r->req_lock);
-    if (rc >= 0) km_link_request(r->p.link, t0, strlen(k) + 32, *len + 16); /* (an oversized value was read too) */
+    if (rc >= 0) km_link_request(r->p.link, t0, strlen(k) + 32, *len + 16);
     pthread_mutex_lock(&r->q_lock);
     r->st.gets++;
     r->st.get_ms += km_now_ms() - t0;
@@ -707,21 +691,11 @@ int km_redis_put_async(km_redis *r, km_key key, const uint8_t *blob, size_t len,
 int km_redis_del(km_redis *r, km_key key, km_error *err) {
     char k[128];
     km_redis_state_key(r, key, k, sizeof k);
-    int rc = 0;
     pthread_mutex_lock(&r->req_lock);
-    redisContext *c = ensure(r, &r->req);
-    if (!c) {
-        rc = km_error_set(err, "Redis at %s:%d is down", r->host, r->port);
-    } else {
-        redisReply *rep = redisCommand(c, "DEL %s", k);
-        if (!rep) {
-            rc = km_error_set(err, "Redis DEL failed: %s", c->errstr);
-            mark_down(r, &r->req, c->errstr);
-        } else {
-            freeReplyObject(rep);
-        }
-    }
+    redisReply *rep = command(r, &r->req, err, "DEL", "DEL %s", k);
     pthread_mutex_unlock(&r->req_lock);
+    int rc = rep ? 0 : -1;
+    if (rep) freeReplyObject(rep);
     if (rc == 0) {
         pthread_mutex_lock(&r->q_lock);
         r->st.deletes++;
