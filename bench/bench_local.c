@@ -373,6 +373,7 @@ int cmd_bench(int argc, char **argv) {
         return argc < 2 ? 2 : 0;
     }
     if (!strcmp(argv[1], "local")) return bench_local(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "link")) return cmd_bench_link(argc - 1, argv + 1);
     fprintf(stderr, "kvmesh bench: unknown benchmark '%s' (available: local)\n", argv[1]);
     return 2;
 }
