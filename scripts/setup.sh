@@ -20,7 +20,7 @@ say() { printf '[setup] %s\n' "$*" >&2; }
 
 # ---------------------------------------------------------------- Debian packages
 packages=(build-essential cmake pkg-config git ca-certificates
-          libcmocka-dev libxxhash-dev libbloom-dev libhiredis-dev redis-server
+          libcmocka-dev libxxhash-dev libbloom-dev libhiredis-dev libzstd-dev redis-server
           clang libclang-rt-14-dev)   # libFuzzer, for tests/fuzz
 packages+=(iproute2)   # ip and tc, for kvmesh bench link
 command -v npm >/dev/null 2>&1 || packages+=(npm)

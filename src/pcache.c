@@ -34,7 +34,13 @@ int km_pcache_restore_blob(km_ctx *c, int seq, const uint8_t *blob, size_t len, 
     if (km_blob_check_request(&info, km_model_fingerprint(km_ctx_model(c)), km_ctx_type_k(c), km_ctx_type_v(c),
                               req_tokens, n_req, err) != 0)
         return -1;
-    return km_state_restore(c, seq, info.payload, (size_t)info.payload_len, (int)info.n_tokens, err);
+    uint8_t *owned;
+    const uint8_t *raw;
+    size_t raw_len;
+    if (km_blob_payload_decode(&info, max_blob, &owned, &raw, &raw_len, err) != 0) return -1;
+    int rc = km_state_restore(c, seq, raw, raw_len, (int)info.n_tokens, err);
+    free(owned);
+    return rc;
 }
 
 typedef struct snap_ctx {

@@ -9,6 +9,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "blob.h"
+
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
 
@@ -26,7 +28,8 @@ typedef struct conn {
 typedef struct job {
     km_key key;
     uint8_t *data;
-    size_t len;
+    size_t len;     /* of data: as queued, then as compressed by the writer */
+    size_t raw_len; /* as queued */
     struct job *next;
 } job;
 
@@ -71,7 +74,7 @@ km_redis_params km_redis_default_params(void) {
     km_redis_params p = {.url = NULL, .connect_timeout_ms = 500, .io_timeout_ms = 2000, .ttl_s = 0,
                          .max_blob = (size_t)1 << 30, .queue_budget = (size_t)512 << 20,
                          .catalog = km_catalog_default_params(), .sync_period_ms = 500, .full_refresh_ms = 30000,
-                         .rebuild_period_ms = 0};
+                         .rebuild_period_ms = 0, .compress_level = 1};
     return p;
 }
 
@@ -242,6 +245,26 @@ void km_redis_state_key(const km_redis *r, km_key key, char *out, size_t len) {
 
 /* ------------------------------------------------------------------ writer */
 
+/* Compress a job's state blob in place, on the writer thread right before its
+ * SET: write-behind like the upload itself. A value that is not a blob (or
+ * does not shrink, or is compressed already) is sent as queued. Returns the
+ * time it took. */
+static double compress_job(km_redis *r, job *j) {
+    double t0 = km_now_ms();
+    uint8_t *z;
+    size_t zlen;
+    km_error e;
+    int rc = km_blob_compress(j->data, j->len, r->p.compress_level, &z, &zlen, &e);
+    if (rc == 0) {
+        free(j->data);
+        j->data = z;
+        j->len = zlen;
+    } else if (rc < 0) {
+        km_debug("Redis upload sent uncompressed: %s", e.msg);
+    }
+    return km_now_ms() - t0;
+}
+
 static void *writer_main(void *arg) {
     km_redis *r = arg;
     pthread_mutex_lock(&r->q_lock);
@@ -259,6 +282,8 @@ static void *writer_main(void *arg) {
 
         double t0 = km_now_ms();
         redisContext *c = ensure(r, &r->wr);
+        /* only when connected: no CPU spent on jobs that wait for the tier */
+        double ct = c && r->p.compress_level != 0 ? compress_job(r, j) : 0;
         bool sent = false;
         char key[128];
         km_redis_state_key(r, j->key, key, sizeof key);
@@ -281,16 +306,18 @@ static void *writer_main(void *arg) {
             if (set) freeReplyObject(set);
             if (push) freeReplyObject(push);
         }
-        if (sent) km_link_request(r->p.link, t0, j->len + sizeof key + 64, 16);
-        double dt = km_now_ms() - t0;
+        if (sent) km_link_request(r->p.link, t0 + ct, j->len + sizeof key + 64, 16);
+        double dt = km_now_ms() - t0 - ct;
 
         pthread_mutex_lock(&r->q_lock);
         r->in_flight = 0;
         r->st.upload_ms += dt;
+        r->st.compress_ms += ct;
         if (!c) r->wr_failures++;
         if (sent) {
             r->st.uploads_done++;
             r->st.bytes_up += j->len;
+            r->st.bytes_up_raw += j->raw_len;
             free(j->data);
             free(j);
         } else if (!c && !r->stop) {
@@ -664,7 +691,7 @@ int km_redis_put_async(km_redis *r, km_key key, const uint8_t *blob, size_t len,
     km_catalog_add(r->catalog, key); /* our own uploads: known at once */
     pthread_mutex_unlock(&r->cat_lock);
     j->key = key;
-    j->len = len;
+    j->len = j->raw_len = len;
     j->next = NULL;
     pthread_mutex_lock(&r->q_lock);
     if (r->tail) r->tail->next = j;

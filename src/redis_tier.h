@@ -8,8 +8,11 @@
  * Reads are synchronous on the request path, bounded by the I/O timeout.
  * Uploads are write-behind: a put queues the blob and returns at once; a
  * writer thread with its own connection sends it, so an upload never adds to
- * the TTFT or TTLT of the request that produced it. km_redis_close flushes the
- * queue (bounded by a deadline) and reports what it could not send.
+ * the TTFT or TTLT of the request that produced it. The writer also zstd-
+ * compresses each state blob right before its SET (km_blob_compress; values
+ * that are not blobs, or do not shrink, go as given), so compression costs no
+ * request time either. km_redis_close flushes the queue (bounded by a
+ * deadline) and reports what it could not send.
  *
  * Redis down is not an error for requests: the tier marks itself down, warns
  * once, and retries with exponential backoff (100 ms to 5 s) while requests
@@ -57,14 +60,17 @@ typedef struct km_redis_params {
     int full_refresh_ms;       /* reload the master catalog (default 30000) */
     int rebuild_period_ms;     /* rebuild the master from the keys present (default 0 = never) */
     km_link *link;             /* emulated link for every call (NULL: none; caller owns it) */
+    int compress_level;        /* zstd level of uploaded state blobs (default 1; 0 = send as queued) */
 } km_redis_params;
 
 typedef struct km_redis_stats {
     uint64_t gets, hits, misses, get_errors, bad_values;
-    uint64_t bytes_down, bytes_up;
+    uint64_t bytes_down, bytes_up; /* bytes_up: as sent (compressed) */
+    uint64_t bytes_up_raw;         /* the same uploads as queued (before compression) */
     uint64_t uploads_done, uploads_failed, uploads_dropped, uploads_pending;
     uint64_t deletes;
     double get_ms, upload_ms; /* total time in GETs (request path) and in uploads (writer) */
+    double compress_ms;       /* writer time spent compressing uploads (not in upload_ms) */
     bool up;                  /* last known state of the connection */
     uint64_t catalog_version;   /* list position the local copy covers */
     uint64_t catalog_syncs, catalog_full_loads, catalog_delta_keys, catalog_rebuilds;

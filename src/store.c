@@ -18,8 +18,12 @@
  * remove can happen while its key is being written: it marks the job cancelled
  * and the writer deletes the file it just made.
  *
- * Locking: one mutex for everything. Blob copies, file reads, file writes and
- * budget evictions (unlinking big files can be slow) run without it; the rare
+ * The writer compresses a state blob (km_blob_compress) before writing it, so
+ * that the file, its disk-budget share and its transfer later are the smaller
+ * form; a put never waits for that. The RAM tier keeps the bytes as put.
+ *
+ * Locking: one mutex for everything. Blob copies, compression, file reads, file
+ * writes and budget evictions (unlinking big files can be slow) run without it; the rare
  * unlink of km_store_remove runs under it, which keeps it ordered against the
  * writer's renames. */
 #include "store.h"
@@ -32,6 +36,8 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include "blob.h"
 
 #define KVB_SUFFIX ".kvb"
 #define HEX_LEN (2 * KM_KEY_LEN)
@@ -232,6 +238,7 @@ km_store_params km_store_default_params(void) {
     p.disk_dir = NULL;
     p.disk_budget = 0;
     p.max_blob_size = (size_t)1 << 30;
+    p.compress_level = 1;
     return p;
 }
 
@@ -414,15 +421,16 @@ static void queue_put(km_store *s, km_key k, blobbuf *b) {
 
 /* --- writer thread ------------------------------------------------------- */
 
-/* Record the outcome of writing job j to path (rc from km_write_file_atomic). */
-static void write_done(km_store *s, job *j, const char *path, int rc, const km_error *err) {
+/* Record the outcome of writing job j to path, a file of size bytes (rc from
+ * km_write_file_atomic). */
+static void write_done(km_store *s, job *j, const char *path, int rc, uint64_t size, const km_error *err) {
     if (j->cancelled) {
         /* Removed while we wrote it; the remove's unlink may have come before
          * our rename, so delete again. */
         if (rc == 0) unlink(path);
         return;
     }
-    if (rc == 0 && disk_index(s, j->key, j->buf->len) == 0) return;
+    if (rc == 0 && disk_index(s, j->key, size) == 0) return;
     s->st.disk_write_errors++;
     if (!s->warned) {
         km_warn("store: disk write failed, entry kept in RAM only (further errors are counted, not logged): %s",
@@ -451,10 +459,25 @@ static void *writer_main(void *arg) {
         if (!s->qhead) s->qtail = NULL;
         j->next = NULL;
         s->writing = j;
+        pthread_mutex_unlock(&s->lock);
+
+        /* The bytes are immutable and a get meanwhile is served from j->buf
+         * (pending_buf), so compression needs no lock. Not a blob, or no
+         * gain: written as given. */
+        const uint8_t *data = j->buf->data;
+        size_t len = j->buf->len;
+        uint8_t *z = NULL;
+        size_t zlen;
+        if (s->p.compress_level != 0 && km_blob_compress(data, len, s->p.compress_level, &z, &zlen, NULL) == 0) {
+            data = z;
+            len = zlen;
+        }
+
         /* Evict before writing, so the directory never holds more than the
          * budget (it may be sized to the device). */
+        pthread_mutex_lock(&s->lock);
         km_key *victims;
-        size_t nv = disk_pick_victims(s, &j->key, j->buf->len, &victims);
+        size_t nv = disk_pick_victims(s, &j->key, len, &victims);
         pthread_mutex_unlock(&s->lock);
 
         unlink_keys(s, victims, nv);
@@ -463,10 +486,11 @@ static void *writer_main(void *arg) {
         key_path(s, j->key, path);
         km_error err;
         err.msg[0] = 0;
-        int rc = km_write_file_atomic(path, j->buf->data, j->buf->len, &err);
+        int rc = km_write_file_atomic(path, data, len, &err);
+        free(z);
 
         pthread_mutex_lock(&s->lock);
-        write_done(s, j, path, rc, &err);
+        write_done(s, j, path, rc, len, &err);
         s->writing = NULL;
         buf_unref(j->buf);
         free(j);

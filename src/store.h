@@ -9,8 +9,12 @@
  * never waits for the disk (it sits on the prefill path). km_store_flush waits
  * until every queued write is on disk; km_store_close flushes.
  *
- * The store holds opaque bytes: it neither parses nor validates blobs (the
- * caller validates what it gets, and calls km_store_remove for a bad one).
+ * The store holds opaque bytes: it does not validate blobs (the caller
+ * validates what it gets, and calls km_store_remove for a bad one). The one
+ * exception is write-behind compression: the disk writer stores what parses as
+ * an uncompressed state blob as its zstd-compressed form (km_blob_compress)
+ * and anything else as given. The RAM tier keeps what it was given; a get
+ * served from disk returns the bytes of the file, compressed or not.
  * Thread-safe. */
 #ifndef KVMESH_STORE_H
 #define KVMESH_STORE_H
@@ -29,6 +33,7 @@ typedef struct km_store_params {
     const char *disk_dir;  /* NULL = no disk tier; created if missing */
     uint64_t disk_budget;  /* bytes on disk (0 = unlimited); oldest-used files go first */
     size_t max_blob_size;  /* larger puts and files are refused (default, and 0: 1 GiB) */
+    int compress_level;    /* zstd level of state blobs written to disk (default 1; 0 = as given) */
 } km_store_params;
 
 typedef struct km_store_stats {

@@ -1,7 +1,7 @@
 /* test_redis_tier.c -- the Redis tier against a real redis-server on loopback:
  * round trips, namespace and TTL, AUTH, write-behind, Redis absent at start,
- * killed and restarted mid-run, a server that never answers (timeouts), and
- * the upload queue's budget. */
+ * killed and restarted mid-run, a server that never answers (timeouts), the
+ * upload queue's budget, and write-behind compression of state blobs. */
 #include <arpa/inet.h>
 #include <hiredis/hiredis.h>
 #include <netinet/in.h>
@@ -11,6 +11,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "blob.h"
 #include "redis_tier.h"
 #include "testutil.h"
 
@@ -394,6 +395,82 @@ static void test_link_shapes_transfers(void **state) {
     tu_redis_stop(pid, 0);
 }
 
+/* An uncompressed state blob (f16 KV) with a compressible payload of plen bytes. */
+static uint8_t *state_blob(size_t plen, size_t *len) {
+    static const int32_t toks[2] = {2, 9};
+    *len = km_blob_size(2, plen);
+    uint8_t *b = malloc(*len);
+    uint8_t *p = km_blob_begin(b, FP, 1, 1, toks, 2, plen);
+    for (size_t i = 0; i < plen; i++) p[i] = (uint8_t)((i / 64) ^ (i % 3));
+    km_blob_seal(b, *len);
+    return b;
+}
+
+/* The writer compresses a state blob before its SET: what arrives is smaller,
+ * decodes to the payload put, and the statistics count both sizes. */
+static void test_upload_compressed(void **state) {
+    (void)state;
+    int port = tu_free_port();
+    int pid = tu_redis_start(port, NULL);
+    skip_without_redis(pid);
+    km_redis *r = open_tier(port, NULL, 0, 0);
+    km_error err;
+    size_t len, glen;
+    uint8_t *b = state_blob(50000, &len), *got;
+    assert_int_equal(km_redis_put_async(r, key_n(30), b, len, &err), 0);
+    uint8_t *opaque = blob_n(3, 1000);
+    assert_int_equal(km_redis_put_async(r, key_n(31), opaque, 1000, &err), 0); /* not a blob: as given */
+    assert_int_equal(km_redis_flush(r, 5000), 0);
+    assert_int_equal(km_redis_get(r, key_n(30), &got, &glen, &err), 0);
+    assert_true(glen < len / 4);
+    km_blob_info info;
+    assert_int_equal(km_blob_parse(got, glen, (size_t)1 << 30, &info, &err), 0);
+    assert_int_equal(info.flags, KM_BLOB_F_ZSTD | KM_BLOB_F_SHUFFLE2);
+    assert_int_equal(info.raw_len, 50000);
+    uint8_t *owned;
+    const uint8_t *raw;
+    size_t raw_len;
+    assert_int_equal(km_blob_payload_decode(&info, (size_t)1 << 30, &owned, &raw, &raw_len, &err), 0);
+    assert_int_equal(raw_len, 50000);
+    assert_memory_equal(raw, b + len - 50000, 50000);
+    free(owned);
+    km_redis_stats st = km_redis_get_stats(r);
+    assert_int_equal(st.uploads_done, 2);
+    assert_int_equal(st.bytes_up, glen + 1000);
+    assert_int_equal(st.bytes_up_raw, len + 1000);
+    assert_true(st.compress_ms > 0);
+    free(got);
+    assert_int_equal(km_redis_get(r, key_n(31), &got, &glen, &err), 0);
+    assert_int_equal(glen, 1000);
+    assert_memory_equal(got, opaque, 1000);
+    free(got);
+    km_redis_close(r, 1000);
+
+    /* compress_level 0: sent as queued */
+    char url[64];
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d/2", port);
+    km_redis_params p = km_redis_default_params();
+    p.url = url;
+    p.sync_period_ms = 0;
+    p.compress_level = 0;
+    r = km_redis_open(&p, FP, &err);
+    assert_non_null(r);
+    assert_int_equal(km_redis_put_async(r, key_n(32), b, len, &err), 0);
+    assert_int_equal(km_redis_flush(r, 5000), 0);
+    assert_int_equal(km_redis_get(r, key_n(32), &got, &glen, &err), 0);
+    assert_int_equal(glen, len);
+    assert_memory_equal(got, b, len);
+    st = km_redis_get_stats(r);
+    assert_int_equal(st.bytes_up, len);
+    assert_int_equal(st.bytes_up_raw, len);
+    assert_true(st.compress_ms == 0);
+    free(got);
+    km_redis_close(r, 1000);
+    free(opaque);
+    free(b);
+    tu_redis_stop(pid, 0);
+}
+
 int main(void) {
     km_log_level = -1;
     const struct CMUnitTest tests[] = {
@@ -406,6 +483,7 @@ int main(void) {
         cmocka_unit_test(test_queue_budget),
         cmocka_unit_test(test_catalog_sync_and_rebuild),
         cmocka_unit_test(test_link_shapes_transfers),
+        cmocka_unit_test(test_upload_compressed),
     };
     return cmocka_run_group_tests_name("redis_tier", tests, NULL, NULL);
 }

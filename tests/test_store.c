@@ -20,6 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "blob.h"
 #include "store.h"
 
 /* ------------------------------------------------------------------------- */
@@ -851,6 +852,117 @@ static void test_concurrency(void **state) {
     km_store_close(s);
 }
 
+/* ------------------------------------------------------------------------- */
+/* Write-behind compression of state blobs                                   */
+/* ------------------------------------------------------------------------- */
+
+/* An uncompressed state blob (f16 KV) with a compressible payload of plen bytes. */
+static uint8_t *make_state_blob(size_t plen, size_t *len) {
+    static const uint8_t fp[KM_FINGERPRINT_LEN] = {7};
+    static const int32_t toks[3] = {2, 3, 4};
+    *len = km_blob_size(3, plen);
+    uint8_t *b = malloc(*len);
+    uint8_t *p = km_blob_begin(b, fp, 1, 1, toks, 3, plen);
+    for (size_t i = 0; i < plen; i++) p[i] = (uint8_t)((i / 64) ^ (i % 3));
+    km_blob_seal(b, *len);
+    return b;
+}
+
+/* Bytes of a file. */
+static uint8_t *read_all(const char *path, size_t *len) {
+    uint8_t *d;
+    km_error err;
+    if (km_read_file(path, (size_t)1 << 30, &d, len, &err) != 0) fail_msg("%s", err.msg);
+    return d;
+}
+
+static void test_disk_compression(void **state) {
+    const char *dir = *state;
+    size_t len;
+    uint8_t *blob = make_state_blob(20000, &len);
+    km_key k = mkkey(20, 1), opaque = mkkey(20, 2);
+    km_error err = {{0}};
+    /* disk only (no RAM tier), so that gets come from the files */
+    km_store *s = open_store(0, dir, 0);
+    assert_int_equal(km_store_put(s, k, blob, len, &err), 0);
+    put_blob(s, opaque, 5000); /* not a blob: written as given */
+    km_store_flush(s);
+    size_t flen;
+    uint8_t *file = read_all(key_file(dir, k), &flen);
+    assert_true(flen < len / 4);
+    km_blob_info info;
+    assert_int_equal(km_blob_parse(file, flen, (size_t)1 << 30, &info, &err), 0);
+    assert_int_equal(info.flags, KM_BLOB_F_ZSTD | KM_BLOB_F_SHUFFLE2);
+    assert_int_equal(info.raw_len, 20000);
+    assert_int_equal(file_size(key_file(dir, opaque)), 5000);
+    /* the budget counts what is on disk */
+    km_store_stats st = km_store_get_stats(s);
+    assert_int_equal(st.disk_bytes, flen + 5000);
+    /* a get returns the file as stored, and it decodes to the payload put */
+    uint8_t *got;
+    size_t glen;
+    assert_int_equal(km_store_get(s, k, &got, &glen, &err), 0);
+    assert_int_equal(glen, flen);
+    assert_memory_equal(got, file, flen);
+    assert_int_equal(km_blob_parse(got, glen, (size_t)1 << 30, &info, &err), 0);
+    uint8_t *owned;
+    const uint8_t *raw;
+    size_t raw_len;
+    assert_int_equal(km_blob_payload_decode(&info, (size_t)1 << 30, &owned, &raw, &raw_len, &err), 0);
+    assert_int_equal(raw_len, 20000);
+    assert_memory_equal(raw, blob + len - 20000, 20000);
+    free(owned);
+    free(got);
+    expect_blob(s, opaque, 5000);
+    km_store_close(s);
+    free(file);
+
+    /* the RAM tier keeps the blob as it was put */
+    s = open_store(1 << 20, dir, 0);
+    assert_int_equal(km_store_put(s, k, blob, len, &err), 0);
+    km_store_flush(s);
+    assert_int_equal(km_store_get(s, k, &got, &glen, &err), 0);
+    assert_int_equal(glen, len);
+    assert_memory_equal(got, blob, len);
+    free(got);
+    assert_int_equal(file_size(key_file(dir, k)), (long long)flen);
+    km_store_close(s);
+
+    /* compress_level 0: files are the blobs as put */
+    km_store_params p = km_store_default_params();
+    p.ram_budget = 0;
+    p.disk_dir = dir;
+    p.compress_level = 0;
+    s = km_store_open(&p, &err);
+    assert_non_null(s);
+    assert_int_equal(km_store_put(s, k, blob, len, &err), 0);
+    km_store_flush(s);
+    file = read_all(key_file(dir, k), &flen);
+    assert_int_equal(flen, len);
+    assert_memory_equal(file, blob, len);
+    free(file);
+    km_store_close(s);
+    free(blob);
+}
+
+/* Three 20 KB states in a 30 KB disk budget: compressed, they all fit. */
+static void test_disk_budget_compressed(void **state) {
+    const char *dir = *state;
+    size_t len;
+    uint8_t *blob = make_state_blob(20000, &len);
+    km_store *s = open_store(0, dir, 30000);
+    km_error err = {{0}};
+    for (uint32_t i = 0; i < 3; i++) assert_int_equal(km_store_put(s, mkkey(21, i), blob, len, &err), 0);
+    km_store_flush(s);
+    km_store_stats st = km_store_get_stats(s);
+    assert_int_equal(st.disk_entries, 3);
+    assert_int_equal(st.disk_evictions, 0);
+    assert_true(st.disk_bytes < 30000);
+    assert_int_equal(st.disk_bytes, 3 * (uint64_t)file_size(key_file(dir, mkkey(21, 0))));
+    km_store_close(s);
+    free(blob);
+}
+
 int main(void) {
     km_log_level = 0;
     const struct CMUnitTest tests[] = {
@@ -867,6 +979,8 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_write_error, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_crash_during_write, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_concurrency, setup_dir, teardown_dir),
+        cmocka_unit_test_setup_teardown(test_disk_compression, setup_dir, teardown_dir),
+        cmocka_unit_test_setup_teardown(test_disk_budget_compressed, setup_dir, teardown_dir),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
