@@ -53,6 +53,7 @@ const char *tu_kvmesh_bin(void) {
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 
@@ -79,20 +80,41 @@ static int port_accepts(int port) {
     return ok;
 }
 
+/* Servers started and not yet stopped: a failed assertion jumps out of a test
+ * before its tu_redis_stop, so whatever is left is killed at exit; and a
+ * server dies with the test process if that crashes (PR_SET_PDEATHSIG). */
+static int live_servers[64];
+static int n_live;
+
+static void kill_live_servers(void) {
+    for (int i = 0; i < n_live; i++)
+        if (live_servers[i] > 0) {
+            kill(live_servers[i], SIGKILL);
+            waitpid(live_servers[i], NULL, 0);
+        }
+    n_live = 0;
+}
+
 int tu_redis_start(int port, const char *extra) {
     char cmd[1024];
     snprintf(cmd, sizeof cmd,
              "exec redis-server --bind 127.0.0.1 --port %d --save '' --appendonly no --daemonize no "
              "--loglevel warning --logfile '' %s >/dev/null 2>&1",
              port, extra ? extra : "");
+    static int registered;
+    if (!registered++) atexit(kill_live_servers);
     pid_t pid = fork();
     if (pid < 0) return -1;
     if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
         execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
         _exit(127);
     }
     for (int i = 0; i < 500; i++) { /* up to 5 s */
-        if (port_accepts(port)) return pid;
+        if (port_accepts(port)) {
+            if (n_live < (int)(sizeof live_servers / sizeof *live_servers)) live_servers[n_live++] = pid;
+            return pid;
+        }
         int st;
         if (waitpid(pid, &st, WNOHANG) == pid) return -1; /* exited: not installed, port taken */
         struct timespec ts = {0, 10 * 1000 * 1000};
@@ -106,4 +128,6 @@ void tu_redis_stop(int pid, int kill_hard) {
     if (pid <= 0) return;
     kill(pid, kill_hard ? SIGKILL : SIGTERM);
     waitpid(pid, NULL, 0);
+    for (int i = 0; i < n_live; i++)
+        if (live_servers[i] == pid) live_servers[i] = live_servers[--n_live];
 }
