@@ -441,10 +441,23 @@ int km_seq_n_past(km_ctx *c, int seq) { return llama_memory_seq_pos_max(llama_ge
 
 /* ------------------------------------------------------------------ prefill */
 
-/* Time dilation: make this compute call last slowdown x as long, emulating a
- * slower device (the bench measures the resulting prefill rate). */
-static void dilate(double t0, double slowdown) {
-    double extra = (km_now_ms() - t0) * (slowdown - 1.0);
+/* Time dilation: make this compute call last `slowdown` x its compute time,
+ * emulating a slower device (the bench measures the resulting prefill rate).
+ * With one thread, ggml computes on the calling thread, so its CPU time is
+ * the compute time even when other processes share the core -- emulated
+ * devices running side by side do not slow each other down. With more
+ * threads, wall time is used. */
+static double thread_cpu_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+static void dilate(const km_ctx *c, double wall0, double cpu0) {
+    double now = km_now_ms();
+    double busy = c->p.n_threads == 1 ? thread_cpu_ms() - cpu0 : now - wall0;
+    double extra = wall0 + busy * c->p.slowdown - now;
+    if (extra <= 0) return;
     struct timespec ts = {(time_t)(extra / 1e3), (long)((extra - (double)(time_t)(extra / 1e3) * 1e3) * 1e6)};
     while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
     }
@@ -464,12 +477,12 @@ static int decode_span(km_ctx *c, int seq, const int32_t *toks, int n, int pos0,
             b->seq_id[i][0] = seq;
             b->logits[i] = logits_last && off + i == n - 1;
         }
-        double t0 = km_now_ms();
+        double t0 = km_now_ms(), cpu0 = c->p.slowdown > 1.0 ? thread_cpu_ms() : 0;
         int rc = llama_decode(c->lc, *b);
         if (rc != 0)
             return km_error_set(err, "llama_decode failed (code %d) at positions %d..%d%s", rc, pos0 + off,
                                 pos0 + off + m - 1, rc == 1 ? ": context full (raise --ctx)" : "");
-        if (c->p.slowdown > 1.0) dilate(t0, c->p.slowdown);
+        if (c->p.slowdown > 1.0) dilate(c, t0, cpu0);
     }
     return 0;
 }
@@ -523,6 +536,15 @@ int km_prefill(km_ctx *c, int seq, const int32_t *tokens, int n_tokens, int n_pa
 
 const float *km_logits(km_ctx *c) { return llama_get_logits_ith(c->lc, -1); }
 
+int32_t km_logits_argmax(km_ctx *c) {
+    const float *l = km_logits(c);
+    if (!l) return -1;
+    int n = km_model_n_vocab(c->model), best = 0;
+    for (int i = 1; i < n; i++)
+        if (l[i] > l[best]) best = i;
+    return best;
+}
+
 /* ------------------------------------------------------------------ sampling */
 
 struct km_sampler {
@@ -573,6 +595,28 @@ int km_generate(km_ctx *c, int seq, int n_past, km_sampler *s, int n_predict, km
 /* ------------------------------------------------------------------ state */
 
 size_t km_state_size(km_ctx *c, int seq) { return llama_state_seq_get_size(c->lc, seq); }
+
+size_t km_state_size_estimate(const km_ctx *c, int n_tokens) {
+    const state_layout *L = c->layout;
+    if (!L || n_tokens < 1) return 0;
+    int n_swa = km_model_n_swa(c->model);
+    size_t total = 8; /* magic, seq id */
+    for (int i = 0; i < L->n_caches; i++) {
+        const cache_layout *C = &L->cache[i];
+        /* with two caches the second is the sliding-window one (see above) */
+        uint64_t cells = (uint64_t)n_tokens;
+        if (i == 1 && n_swa > 0 && cells > (uint64_t)n_swa) cells = (uint64_t)n_swa;
+        total += 4 + 4 * (size_t)C->n_stream + cells * (12 + L->cell_ext) + 8;
+        for (uint32_t l = 0; l < C->n_layer; l++) {
+            total += 12 + cells * C->k_row[l];
+            if (C->v_trans)
+                total += 12 + (C->v_row[l] >> 32) * cells * (C->v_row[l] & 0xffffffffu);
+            else
+                total += 12 + cells * C->v_row[l];
+        }
+    }
+    return total;
+}
 
 int km_state_save(km_ctx *c, int seq, uint8_t *dst, size_t cap, size_t *written, km_error *err) {
     size_t n = llama_state_seq_get_data(c->lc, dst, cap, seq);

@@ -77,8 +77,9 @@ typedef struct km_ctx_params {
     int flash_attn;     /* -1 auto (default), 0 off, 1 on */
     int n_seq;          /* sequences (default 1) */
     int n_outputs_max;  /* logits rows per batch (default 8): with a 262k vocab each row costs 1 MiB of buffer */
-    double slowdown;    /* device emulation by time dilation: after each decode call, sleep
-                           (slowdown - 1) x its duration; 1 = off (default) */
+    double slowdown;    /* device emulation by time dilation: each decode call lasts slowdown x
+                           its compute time (thread CPU time with 1 thread, else wall time);
+                           1 = off (default) */
 } km_ctx_params;
 
 km_ctx_params km_ctx_default_params(void);
@@ -119,6 +120,9 @@ int km_prefill(km_ctx *c, int seq, const int32_t *tokens, int n_tokens, int n_pa
 
 /* Logits of the last decoded token (n_vocab floats), or NULL. */
 const float *km_logits(km_ctx *c);
+/* The token greedy sampling picks from those logits (the first maximum, as
+ * llama.cpp's greedy sampler), or -1 if there are none. */
+int32_t km_logits_argmax(km_ctx *c);
 
 /* ---- sampling and decoding ---- */
 
@@ -145,6 +149,10 @@ int km_generate(km_ctx *c, int seq, int n_past, km_sampler *s, int n_predict, km
 
 /* Exact byte size of seq's state now. */
 size_t km_state_size(km_ctx *c, int seq);
+/* Estimated state size of a sequence holding n_tokens tokens, from the layout
+ * learnt at init (sliding-window caches hold at most the window); for cost
+ * estimates before a fetch. 0 if the layout is unknown. */
+size_t km_state_size_estimate(const km_ctx *c, int n_tokens);
 /* Copy seq's state into dst (cap bytes); *written gets the size. */
 int km_state_save(km_ctx *c, int seq, uint8_t *dst, size_t cap, size_t *written, km_error *err);
 /* Structural check of a state payload against this context's KV layout (learnt

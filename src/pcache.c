@@ -7,7 +7,8 @@
 #include "blob.h"
 
 km_pcache_opts km_pcache_default_opts(void) {
-    km_pcache_opts o = {.salt = NULL, .lookup = true, .save = true, .max_blob = (size_t)1 << 30, .redis = NULL};
+    km_pcache_opts o = {.salt = NULL, .lookup = true, .save = true, .max_blob = (size_t)1 << 30, .redis = NULL,
+                        .planner = NULL, .skip_catalog = false, .next_hint = false};
     return o;
 }
 
@@ -26,21 +27,27 @@ int km_blob_from_state(km_ctx *c, const int32_t *tokens, int n_tokens, const uin
 }
 
 int km_pcache_restore_blob(km_ctx *c, int seq, const uint8_t *blob, size_t len, size_t max_blob,
-                           const int32_t *req_tokens, int n_req, int expect_tokens, km_error *err) {
-    km_blob_info info;
-    if (km_blob_parse(blob, len, max_blob, &info, err) != 0) return -1;
-    if ((int)info.n_tokens != expect_tokens)
-        return km_error_set(err, "blob holds %u tokens, its key names a %d-token prefix", info.n_tokens, expect_tokens);
-    if (km_blob_check_request(&info, km_model_fingerprint(km_ctx_model(c)), km_ctx_type_k(c), km_ctx_type_v(c),
+                           const int32_t *req_tokens, int n_req, int expect_tokens, km_blob_info *info, km_error *err) {
+    km_blob_info local;
+    if (!info) info = &local;
+    if (km_blob_parse(blob, len, max_blob, info, err) != 0) return -1;
+    if ((int)info->n_tokens != expect_tokens)
+        return km_error_set(err, "blob holds %u tokens, its key names a %d-token prefix", info->n_tokens, expect_tokens);
+    if (km_blob_check_request(info, km_model_fingerprint(km_ctx_model(c)), km_ctx_type_k(c), km_ctx_type_v(c),
                               req_tokens, n_req, err) != 0)
         return -1;
-    uint8_t *owned;
+    uint8_t *owned = NULL;
     const uint8_t *raw;
     size_t raw_len;
-    if (km_blob_payload_decode(&info, max_blob, &owned, &raw, &raw_len, err) != 0) return -1;
-    int rc = km_state_restore(c, seq, raw, raw_len, (int)info.n_tokens, err);
+    if (km_blob_payload_decode(info, max_blob, &owned, &raw, &raw_len, err) != 0) return -1;
+    int rc = km_state_restore(c, seq, raw, raw_len, (int)info->n_tokens, err);
     free(owned);
     return rc;
+}
+
+int km_pcache_decode_last(km_ctx *c, int seq, const int32_t *tokens, int n_tokens, km_error *err) {
+    int last = n_tokens - 1;
+    return km_prefill(c, seq, tokens, n_tokens, last, &last, 1, NULL, NULL, err);
 }
 
 typedef struct snap_ctx {
@@ -48,9 +55,32 @@ typedef struct snap_ctx {
     km_store *store;
     km_redis *redis;
     const int32_t *tokens;
+    int n_tokens;
     const km_key *keys;
     km_prefill_report *rep;
+    /* the end boundary's blob waits for the last token's logits (next-token hint) */
+    uint8_t *pending;
+    size_t pending_len;
+    int pending_i;
 } snap_ctx;
+
+/* Store a sealed snapshot locally and queue it for the shared tier. */
+static void keep_snapshot(snap_ctx *s, int i, int n_past, uint8_t *blob, size_t len) {
+    km_error e;
+    if (s->store) {
+        if (km_store_put(s->store, s->keys[i], blob, len, &e) == 0) {
+            s->rep->n_saved++;
+            s->rep->bytes_saved += len;
+        } else {
+            km_warn("snapshot at %d tokens not stored: %s", n_past, e.msg);
+        }
+    }
+    /* write-behind: queued here, sent by the tier's own thread */
+    if (s->redis && km_redis_put_async(s->redis, s->keys[i], blob, len, &e) == 0) {
+        s->rep->n_uploaded++;
+        s->rep->bytes_uploaded += len;
+    }
+}
 
 static int on_boundary(void *ud, int i, int n_past, const uint8_t *state, size_t state_len) {
     snap_ctx *s = ud;
@@ -60,91 +90,152 @@ static int on_boundary(void *ud, int i, int n_past, const uint8_t *state, size_t
     km_error e;
     if (km_blob_from_state(s->c, s->tokens, n_past, state, state_len, &blob, &len, &e) != 0) {
         km_warn("snapshot at %d tokens failed: %s", n_past, e.msg);
+    } else if (n_past == s->n_tokens - 1) {
+        s->pending = blob; /* finished by finish_end_snapshot */
+        s->pending_len = len;
+        s->pending_i = i;
     } else {
-        if (s->store) {
-            if (km_store_put(s->store, s->keys[i], blob, len, &e) == 0) {
-                s->rep->n_saved++;
-                s->rep->bytes_saved += len;
-            } else {
-                km_warn("snapshot at %d tokens not stored: %s", n_past, e.msg);
-            }
-        }
-        /* write-behind: queued here, sent by the tier's own thread */
-        if (s->redis && km_redis_put_async(s->redis, s->keys[i], blob, len, &e) == 0) {
-            s->rep->n_uploaded++;
-            s->rep->bytes_uploaded += len;
-        }
+        keep_snapshot(s, i, n_past, blob, len);
         free(blob);
     }
     s->rep->t_save_ms += km_now_ms() - t0;
     return 0; /* a failed snapshot costs reuse later, never this request */
 }
 
-/* Fetch the blob of key from a tier: 0 got it (*tier says which), 1 nothing
- * usable. Order: the local store (exact index), then the shared tier, but only when
- * its catalog says it may hold the key: no catalog hit, no round trip. */
-static int fetch_blob(km_store *store, km_redis *redis, km_key key, uint8_t **blob, size_t *len, int *tier,
-                      km_prefill_report *rep) {
-    km_error e;
-    if (store && km_store_contains(store, key)) {
-        int rc = km_store_get(store, key, blob, len, &e);
-        if (rc == 0) {
-            *tier = KM_TIER_LOCAL;
-            return 0;
-        }
-        if (rc < 0) km_warn("cache read failed: %s", e.msg);
+/* The last token has been decoded: record it and the greedy choice after it
+ * in the end boundary's blob, then store that. */
+static void finish_end_snapshot(snap_ctx *s) {
+    if (!s->pending) return;
+    double t0 = km_now_ms();
+    int32_t next = km_logits_argmax(s->c);
+    if (next >= 0) {
+        km_blob_set_next(s->pending, s->tokens[s->n_tokens - 1], next);
+        km_blob_seal(s->pending, s->pending_len);
     }
-    if (redis && km_redis_maybe_has(redis, key)) {
-        double t0 = km_now_ms();
-        int rc = km_redis_get(redis, key, blob, len, &e);
-        rep->t_remote_ms += km_now_ms() - t0;
-        rep->n_remote_gets++;
-        if (rc == 0) {
-            rep->bytes_remote += *len;
-            *tier = KM_TIER_REDIS;
-            return 0;
-        }
-        if (rc == 1) rep->n_false_positives++; /* the catalog was stale or wrong: a miss */
-        if (rc == 2) {                         /* e.g. oversized: never a valid blob */
-            km_warn("shared-tier value rejected and removed: %s", e.msg);
-            rep->n_rejected++;
-            km_redis_del(redis, key, &e);
-        }
+    keep_snapshot(s, s->pending_i, s->n_tokens - 1, s->pending, s->pending_len);
+    free(s->pending);
+    s->pending = NULL;
+    s->rep->t_save_ms += km_now_ms() - t0;
+}
+
+/* Where a stored prefix can come from, and what the planner expects it to cost. */
+typedef struct candidate {
+    int i;         /* boundary index */
+    int tier;      /* KM_TIER_LOCAL or KM_TIER_REDIS */
+    double est_ms; /* estimated time to the end of prefill via this state */
+} candidate;
+
+static int by_estimate(const void *a, const void *b) {
+    const candidate *x = a, *y = b;
+    if (x->est_ms != y->est_ms) return x->est_ms < y->est_ms ? -1 : 1;
+    return y->i - x->i; /* ties: the longer prefix */
+}
+
+/* Fetch the blob of a candidate: 0 got it, 1 nothing usable. */
+static int fetch_blob(km_store *store, km_redis *redis, km_planner *planner, km_key key, int tier, uint8_t **blob,
+                      size_t *len, km_prefill_report *rep) {
+    km_error e;
+    if (tier == KM_TIER_LOCAL) {
+        int rc = km_store_get(store, key, blob, len, &e);
+        if (rc < 0) km_warn("cache read failed: %s", e.msg);
+        return rc == 0 ? 0 : 1;
+    }
+    double t0 = km_now_ms();
+    int rc = km_redis_get(redis, key, blob, len, &e);
+    double dt = km_now_ms() - t0;
+    rep->t_remote_ms += dt;
+    rep->n_remote_gets++;
+    if (rc == 0) {
+        rep->bytes_remote += *len;
+        if (planner) km_planner_observe_fetch(planner, *len, dt);
+        return 0;
+    }
+    if (rc == 1) rep->n_false_positives++; /* the catalog was stale or wrong: a miss */
+    if (rc == 2) {                         /* e.g. oversized: never a valid blob */
+        km_warn("shared-tier value rejected and removed: %s", e.msg);
+        rep->n_rejected++;
+        km_redis_del(redis, key, &e);
     }
     return 1;
 }
 
-/* Longest valid stored prefix: restore it and return its boundary index, or -1. */
-static int restore_longest(km_ctx *c, km_store *store, km_redis *redis, int seq, const int32_t *tokens, int n_tokens,
-                           const int *bounds, int n_bounds, const km_key *keys, const km_pcache_opts *o,
+/* Collect the candidates: every boundary the local store holds (exact) or the
+ * shared tier's catalog may hold (no catalog hit, no round trip). With
+ * measured rates, each gets the estimated time to finish the prefill through
+ * it, candidates slower than recomputing everything are dropped, and the rest
+ * are tried fastest first; without rates, longest first. Shorter candidates
+ * stay in the list: a state that fails validation falls back to the next.
+ * Returns the count. */
+static int plan_candidates(km_ctx *c, km_store *store, km_redis *redis, km_planner *planner, bool skip_catalog,
+                           int n_tokens, const int *bounds, int n_bounds, const km_key *keys, candidate *out,
                            km_prefill_report *rep) {
+    bool rates = planner && planner->prefill_tok_per_ms > 0;
+    double full_ms = rates ? n_tokens / planner->prefill_tok_per_ms : 0;
+    int n = 0;
     for (int i = n_bounds - 1; i >= 0; i--) {
+        double rest_ms = rates ? (n_tokens - bounds[i]) / planner->prefill_tok_per_ms : 0;
+        if (store && km_store_contains(store, keys[i])) {
+            double restore = rates ? (double)km_state_size_estimate(c, bounds[i]) * planner->restore_ms_per_byte : 0;
+            out[n++] = (candidate){i, KM_TIER_LOCAL, restore + rest_ms};
+        } else if (redis && (skip_catalog || km_redis_maybe_has(redis, keys[i]))) {
+            km_plan_estimate e = planner ? km_planner_estimate(planner, km_state_size_estimate(c, bounds[i]), bounds[i])
+                                         : (km_plan_estimate){0, 0, false};
+            if (rep->est_fetch_ms == 0 && e.known) { /* the longest remote candidate's figures */
+                rep->est_fetch_ms = e.fetch_ms;
+                rep->est_recompute_ms = e.recompute_ms;
+            }
+            if (e.known && e.fetch_ms + rest_ms >= full_ms) {
+                rep->n_planned_skips++;
+                continue;
+            }
+            out[n++] = (candidate){i, KM_TIER_REDIS, (e.known ? e.fetch_ms : 0) + rest_ms};
+        }
+    }
+    if (rates) qsort(out, (size_t)n, sizeof *out, by_estimate);
+    return n;
+}
+
+/* Restore the best stored prefix; returns its boundary index, or -1. */
+static int restore_best(km_ctx *c, km_store *store, km_redis *redis, int seq, const int32_t *tokens, int n_tokens,
+                        const int *bounds, int n_bounds, const km_key *keys, const km_pcache_opts *o,
+                        km_prefill_report *rep) {
+    candidate *cand = malloc((size_t)n_bounds * sizeof *cand);
+    if (!cand) return -1;
+    int n_cand = plan_candidates(c, store, redis, o->planner, o->skip_catalog, n_tokens, bounds, n_bounds, keys, cand, rep);
+    int hit = -1;
+    for (int k = 0; k < n_cand && hit < 0; k++) {
+        int i = cand[k].i, tier = cand[k].tier;
         uint8_t *blob = NULL;
         size_t len = 0;
-        int tier = KM_TIER_NONE;
-        if (fetch_blob(store, redis, keys[i], &blob, &len, &tier, rep) != 0) continue;
+        if (fetch_blob(store, redis, o->planner, keys[i], tier, &blob, &len, rep) != 0) continue;
         km_error e;
+        km_blob_info info;
         double t0 = km_now_ms();
-        int rc = km_pcache_restore_blob(c, seq, blob, len, o->max_blob, tokens, n_tokens, bounds[i], &e);
+        int rc = km_pcache_restore_blob(c, seq, blob, len, o->max_blob, tokens, n_tokens, bounds[i], &info, &e);
         double dt = km_now_ms() - t0;
         if (rc == 0) {
             rep->t_restore_ms += dt;
             rep->bytes_loaded += len;
             rep->hit_tier = tier;
+            if (o->planner) km_planner_observe_restore(o->planner, len, (size_t)info.raw_len, dt);
+            if (o->next_hint && bounds[i] == n_tokens - 1 && info.has_next && info.next_from == tokens[n_tokens - 1])
+                rep->next_hint = info.next_token;
             /* keep a fetched state locally: the next request finds it without the network */
             if (tier == KM_TIER_REDIS && store) km_store_put(store, keys[i], blob, len, &e);
-            free(blob);
-            return i;
+            hit = i;
+        } else {
+            char hex[2 * KM_KEY_LEN + 1];
+            km_key_hex(keys[i], hex);
+            km_warn("cached state %s from the %s tier rejected and removed: %s", hex,
+                    tier == KM_TIER_REDIS ? "Redis" : "local", e.msg);
+            rep->n_rejected++;
+            if (tier == KM_TIER_REDIS) km_redis_del(redis, keys[i], &e);
+            else km_store_remove(store, keys[i]);
         }
         free(blob);
-        char hex[2 * KM_KEY_LEN + 1];
-        km_key_hex(keys[i], hex);
-        km_warn("cached state %s from the %s tier rejected and removed: %s", hex, tier == KM_TIER_REDIS ? "Redis" : "local", e.msg);
-        rep->n_rejected++;
-        if (tier == KM_TIER_REDIS) km_redis_del(redis, keys[i], &e);
-        else km_store_remove(store, keys[i]);
     }
-    return -1;
+    free(cand);
+    return hit;
 }
 
 int km_pcache_prefill(km_ctx *c, km_store *store, int seq, const int32_t *tokens, int n_tokens, const int *bounds,
@@ -154,6 +245,7 @@ int km_pcache_prefill(km_ctx *c, km_store *store, int seq, const int32_t *tokens
     rep->n_prompt = n_tokens;
     rep->n_bounds = n_bounds;
     rep->hit_index = -1;
+    rep->next_hint = -1;
     km_seq_clear(c, seq);
 
     km_key *keys = NULL;
@@ -164,18 +256,26 @@ int km_pcache_prefill(km_ctx *c, km_store *store, int seq, const int32_t *tokens
         keys = malloc((size_t)n_bounds * sizeof *keys);
         km_keys_for_boundaries(km_ctx_root_key(c, o.salt), tokens, bounds, n_bounds, keys);
         /* a failed restore leaves the sequence empty (km_state_restore) */
-        if (o.lookup) rep->hit_index = restore_longest(c, store, redis, seq, tokens, n_tokens, bounds, n_bounds, keys, &o, rep);
+        if (o.lookup) rep->hit_index = restore_best(c, store, redis, seq, tokens, n_tokens, bounds, n_bounds, keys, &o, rep);
         rep->t_lookup_ms = km_now_ms() - t0 - rep->t_restore_ms;
         if (rep->hit_index >= 0) n_past = bounds[rep->hit_index];
     }
     rep->n_reused = n_past;
     rep->n_prefilled = n_tokens - n_past;
+    if (rep->next_hint >= 0) { /* the answer's first token is known: nothing to compute now */
+        rep->n_prefilled = 0;
+        free(keys);
+        return 0;
+    }
 
-    snap_ctx sc = {c, store, redis, tokens, keys, rep};
+    snap_ctx sc = {.c = c, .store = store, .redis = redis, .tokens = tokens, .n_tokens = n_tokens, .keys = keys, .rep = rep};
     double t0 = km_now_ms();
     km_boundary_fn fn = (store || redis) && o.save ? on_boundary : NULL;
     int rc = km_prefill(c, seq, tokens, n_tokens, n_past, bounds, n_bounds, fn, &sc, err);
-    rep->t_prefill_ms = km_now_ms() - t0 - rep->t_save_ms;
+    rep->t_prefill_ms = km_now_ms() - t0 - rep->t_save_ms; /* the snapshots' time is theirs */
+    if (rc == 0) finish_end_snapshot(&sc);
+    free(sc.pending);
+    if (rc == 0 && o.planner) km_planner_observe_prefill(o.planner, rep->n_prefilled, rep->t_prefill_ms);
     free(keys);
     return rc;
 }
@@ -226,6 +326,33 @@ static int run_on_token(void *ud, int32_t tok) {
     return t->req->on_token ? t->req->on_token(t->req->ud, tok) : 0;
 }
 
+/* km_generate after a next-token hint: the hint was reported already, so the
+ * same token, sampled again from the now computed logits, is not repeated. */
+typedef struct after_hint {
+    run_timer *t;
+    int32_t hint;
+    bool seen;
+} after_hint;
+
+static int after_hint_on_token(void *ud, int32_t tok) {
+    after_hint *h = ud;
+    if (h->seen) return run_on_token(h->t, tok);
+    h->seen = true;
+    if (tok != h->hint) km_warn("cached next token %d differs from the computed %d (stale or foreign hint)", h->hint, tok);
+    return 0;
+}
+
+/* Generation when a full hit supplied the first token: report it at once;
+ * decode the last prompt token only if more tokens are wanted. */
+static int generate_from_hint(km_ctx *c, int seq, const int32_t *tokens, int n, km_sampler *s, const km_request *req,
+                              run_timer *t, int32_t hint, km_error *err) {
+    if (km_token_is_eog(km_ctx_model(c), hint)) return 0;
+    if (run_on_token(t, hint) != 0 || req->n_predict <= 1) return 1;
+    if (km_pcache_decode_last(c, seq, tokens, n, err) != 0) return -1;
+    after_hint h = {t, hint, false};
+    return km_generate(c, seq, n, s, req->n_predict, after_hint_on_token, &h, err);
+}
+
 int km_pcache_run(km_ctx *c, km_store *store, int seq, const km_request *req, km_result *res, km_error *err) {
     memset(res, 0, sizeof *res);
     double t0 = km_now_ms();
@@ -245,10 +372,15 @@ int km_pcache_run(km_ctx *c, km_store *store, int seq, const km_request *req, km
     }
     int *bounds = malloc((size_t)n * sizeof *bounds);
     int nb = km_boundaries(ends, req->segment_bounds ? req->n_segs : 0, n, req->block_size, bounds);
-    if (km_pcache_prefill(c, store, seq, tokens, n, bounds, nb, req->opts, &res->prefill, err) == 0) {
+    km_pcache_opts o = req->opts ? *req->opts : km_pcache_default_opts();
+    o.next_hint = req->sampling.temp <= 0; /* the hint is what greedy decoding picks */
+    if (km_pcache_prefill(c, store, seq, tokens, n, bounds, nb, &o, &res->prefill, err) == 0) {
         km_sampler *s = km_sampler_init(&req->sampling);
         run_timer t = {req, 0, 0, 0};
-        res->n_generated = km_generate(c, seq, n, s, req->n_predict, run_on_token, &t, err);
+        if (res->prefill.next_hint >= 0)
+            res->n_generated = generate_from_hint(c, seq, tokens, n, s, req, &t, res->prefill.next_hint, err);
+        else
+            res->n_generated = km_generate(c, seq, n, s, req->n_predict, run_on_token, &t, err);
         km_sampler_free(s);
         double end = km_now_ms();
         res->ttft_ms = (t.n ? t.t_first : end) - t0;

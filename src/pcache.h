@@ -19,7 +19,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "blob.h"
 #include "engine.h"
+#include "planner.h"
 #include "redis_tier.h"
 #include "store.h"
 
@@ -29,6 +31,12 @@ typedef struct km_pcache_opts {
     bool save;          /* store snapshots of new boundaries (default true) */
     size_t max_blob;    /* largest blob accepted from a tier (default 1 GiB) */
     km_redis *redis;    /* shared tier (default NULL: none) */
+    km_planner *planner; /* measured rates: fetch a remote state only when that is
+                            estimated faster than recomputing it (NULL: always fetch) */
+    bool skip_catalog;  /* ask the shared tier about every boundary, catalog or not
+                           (only to measure what the catalog saves) */
+    bool next_hint;     /* a full hit may answer with the stored greedy next token
+                           instead of decoding the last prompt token (see below) */
 } km_pcache_opts;
 
 enum { KM_TIER_NONE = 0, KM_TIER_LOCAL = 1, KM_TIER_REDIS = 2 };
@@ -56,10 +64,22 @@ typedef struct km_prefill_report {
     double t_restore_ms; /* llama_state_seq_set_data */
     double t_prefill_ms; /* decoding, excluding snapshots */
     double t_save_ms;    /* snapshots: state export + blob build + store put */
+    int n_planned_skips; /* remote states not fetched: recomputing was estimated faster */
+    double est_fetch_ms, est_recompute_ms; /* the planner's figures for the longest remote candidate */
+    int32_t next_hint;   /* >= 0: greedy first token supplied by a full hit; the last
+                            prompt token is then NOT decoded yet (km_pcache_decode_last) */
 } km_prefill_report;
 
 /* Prefill tokens[0..n_tokens) into seq (cleared first) using and feeding the
- * store (may be NULL: plain chunked prefill). bounds as from km_boundaries. */
+ * store (may be NULL: plain chunked prefill). bounds as from km_boundaries.
+ *
+ * Next-token hint: the state of the end boundary (all prompt tokens but the
+ * last) is stored after the last token was decoded, together with that
+ * token and the token greedy decoding picks next. A later greedy request for
+ * the same prompt (opts->next_hint) then gets its first token with no compute
+ * at all: rep->next_hint. The state is restored all the same; call
+ * km_pcache_decode_last before generating more, and the continuation is
+ * bit-identical to a cold run. */
 int km_pcache_prefill(km_ctx *c, km_store *store, int seq, const int32_t *tokens, int n_tokens, const int *bounds,
                       int n_bounds, const km_pcache_opts *opts, km_prefill_report *rep, km_error *err);
 
@@ -68,9 +88,14 @@ int km_pcache_prefill(km_ctx *c, km_store *store, int seq, const int32_t *tokens
 int km_blob_from_state(km_ctx *c, const int32_t *tokens, int n_tokens, const uint8_t *state, size_t state_len,
                        uint8_t **out, size_t *len, km_error *err);
 
-/* Validate a blob for a request and restore it into seq. */
+/* After a prefill that returned a next_hint: decode the last prompt token, so
+ * the logits are ready as after any prefill. */
+int km_pcache_decode_last(km_ctx *c, int seq, const int32_t *tokens, int n_tokens, km_error *err);
+
+/* Validate a blob for a request and restore it into seq. info (may be NULL)
+ * gets the parsed header (pointers into blob). */
 int km_pcache_restore_blob(km_ctx *c, int seq, const uint8_t *blob, size_t len, size_t max_blob,
-                           const int32_t *req_tokens, int n_req, int expect_tokens, km_error *err);
+                           const int32_t *req_tokens, int n_req, int expect_tokens, km_blob_info *info, km_error *err);
 
 
 /* One whole request: tokenize, prefill through the cache, generate. This is

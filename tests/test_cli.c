@@ -74,8 +74,9 @@ static void test_run_twice_reuses(void **state) {
     memcpy(first_text, out_buf, sizeof out_buf);
     *strstr(first_text, "kvmesh: ttft") = 0;
     assert_int_equal(kvmesh(args), 0);
-    assert_out_has("(boundary 3/3)");
-    assert_out_has("prefilled 1 tok");
+    /* a full hit on a greedy request: the first token comes with the state */
+    assert_out_has("(boundary 3/3, first token cached)");
+    assert_out_has("prefilled 0 tok");
     assert_out_has("stored 0 states");
     /* same text: greedy output is identical */
     if (strncmp(out_buf, first_text, strlen(first_text)) != 0) fail_msg("text differs:\n%s\nvs\n%s", first_text, out_buf);
@@ -143,7 +144,7 @@ static void test_presets_load_and_run(void **state) {
         memcpy(cold_text, out_buf, sizeof out_buf);
         *strstr(cold_text, "kvmesh: ttft") = 0;
         assert_int_equal(kvmesh(args), 0);
-        assert_out_has("(boundary 3/3)");
+        assert_out_has("(boundary 3/3, first token cached)");
         if (strncmp(out_buf, cold_text, strlen(cold_text)) != 0) fail_msg("text differs:\n%s\nvs\n%s", cold_text, out_buf);
         remove(model);
     }
@@ -174,7 +175,7 @@ static void test_run_with_shared_store(void **state) {
     snprintf(args, sizeof args, "run --model '%s' --cache-dir %s/b --store redis://127.0.0.1:%d -n 6 %s",
              tu_model("tiny-f16.gguf"), dir, port, prompt);
     assert_int_equal(kvmesh(args), 0);
-    assert_out_has("(boundary 3/3)");
+    assert_out_has("(boundary 3/3, first token cached)");
     assert_out_has("from redis");
     assert_out_has("1 GET(s)");
     if (strncmp(out_buf, text_a, strlen(text_a)) != 0) fail_msg("text differs:\n%s\nvs\n%s", text_a, out_buf);

@@ -126,7 +126,7 @@ static void check_exactness(const exact_cfg *cfg) {
         size_t len;
         assert_int_equal(km_store_get(store, keys[i], &blob, &len, &err), 0);
         km_seq_clear(c, 0);
-        if (km_pcache_restore_blob(c, 0, blob, len, (size_t)1 << 30, toks, n, bounds[i], &err) != 0)
+        if (km_pcache_restore_blob(c, 0, blob, len, (size_t)1 << 30, toks, n, bounds[i], NULL, &err) != 0)
             fail_msg("restore at %d: %s", bounds[i], err.msg);
         free(blob);
         assert_int_equal(km_seq_n_past(c, 0), bounds[i]);
@@ -427,12 +427,45 @@ static void test_seeded_sampling(void **state) {
     km_model_free(m);
 }
 
+/* km_logits_argmax is the greedy sampler's choice (the next-token hint
+ * depends on it), and km_state_size_estimate matches the exported size. */
+static void test_argmax_is_greedy_and_size_estimate(void **state) {
+    (void)state;
+    km_error err;
+    km_model *m = km_model_load(tu_model("tiny-f16.gguf"), &err);
+    km_ctx_params cp = km_ctx_default_params();
+    cp.n_ctx = 256;
+    km_ctx *c = km_ctx_init(m, &cp, &err);
+    int nv = km_model_n_vocab(m);
+    for (int len = 2; len <= 120; len += 17) {
+        int32_t *toks = make_prompt(len, nv);
+        int b[1] = {len - 1};
+        km_seq_clear(c, 0);
+        assert_int_equal(km_prefill(c, 0, toks, len, 0, b, 1, NULL, NULL, &err), 0);
+        int32_t arg = km_logits_argmax(c);
+        km_sampling sp = km_sampling_default();
+        km_sampler *s = km_sampler_init(&sp);
+        tok_list out = {0};
+        int got = km_generate(c, 0, len, s, 1, keep_token, &out, &err);
+        assert_int_equal(got, out.n);
+        km_sampler_free(s);
+        if (out.n == 1) assert_int_equal(arg, out.t[0]); /* (an end-of-generation token is not reported) */
+        /* the state now holds len tokens (prompt) + 0 generated (n_predict 1 decodes nothing more) */
+        size_t real = km_state_size(c, 0), est = km_state_size_estimate(c, len);
+        assert_int_equal(est, real); /* exact, also past the sliding window (cells capped at it) */
+        free(toks);
+    }
+    km_ctx_free(c);
+    km_model_free(m);
+}
+
 int main(void) {
     km_log_level = 0;
     km_engine_init();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_tokenize_and_fingerprint),
         cmocka_unit_test(test_seeded_sampling),
+        cmocka_unit_test(test_argmax_is_greedy_and_size_estimate),
         cmocka_unit_test(test_exact_tiny_f16_1thread),
         cmocka_unit_test(test_exact_tiny_f16_noflash_2threads),
         cmocka_unit_test(test_exact_tiny_q8kv_2threads),

@@ -237,6 +237,111 @@ static void test_disk_persistence_across_restart(void **state) {
     free(dir);
 }
 
+typedef struct collected {
+    int32_t *toks;
+    int n;
+} collected;
+
+static int collect_token(void *ud, int32_t tok) {
+    collected *c = ud;
+    c->toks[c->n++] = tok;
+    return 0;
+}
+
+/* Generate n tokens greedily for segs through the cache; out gets them. */
+static int run_greedy(fixture *f, km_store *st, const char *const *segs, int n_segs, int n, int32_t *out,
+                      km_result *res) {
+    collected c = {out, 0};
+    km_request req = {.segs = segs, .n_segs = n_segs, .segment_bounds = true, .sampling = km_sampling_default(),
+                      .n_predict = n, .on_token = collect_token, .ud = &c};
+    km_error err;
+    if (km_pcache_run(f->c, st, 0, &req, res, &err) != 0) fail_msg("%s", err.msg);
+    assert_int_equal(c.n, res->n_generated);
+    return c.n;
+}
+
+static const char *hint_segs[3] = {"The following are multiple choice questions (with answers) about cats.\n\n",
+                                   "Which animal says meow?\nA. dog\nB. cat\nC. cow\nD. fish\nAnswer: B\n\n",
+                                   "Which animal purrs?\nA. cat\nB. dog\nC. bird\nD. ant\nAnswer:"};
+
+static void test_full_hit_first_token_from_cache(void **state) {
+    (void)state;
+    fixture f;
+    setup_fixture(&f, tu_model("tiny-f16.gguf"));
+    km_error err;
+    km_store_params sp = km_store_default_params();
+    km_store *st = km_store_open(&sp, &err);
+    int32_t cold[12], hit[12];
+    km_result res;
+    /* cold, no cache: the reference sequence */
+    int n_cold = run_greedy(&f, NULL, hint_segs, 3, 12, cold, &res);
+    assert_int_equal(n_cold, 12);
+    assert_int_equal(res.prefill.next_hint, -1);
+    /* miss: stores the end state with the greedy next token */
+    assert_int_equal(run_greedy(&f, st, hint_segs, 3, 12, hit, &res), 12);
+    assert_int_equal(res.prefill.hit_index, -1);
+    assert_memory_equal(hit, cold, sizeof cold);
+    /* full hit, one token: answered from the cache, nothing computed */
+    assert_int_equal(run_greedy(&f, st, hint_segs, 3, 1, hit, &res), 1);
+    assert_int_equal(res.prefill.hit_index, 2);
+    assert_int_equal(res.prefill.next_hint, cold[0]);
+    assert_int_equal(res.prefill.n_prefilled, 0);
+    assert_int_equal(hit[0], cold[0]);
+    /* full hit, twelve tokens: the continuation is the cold one, token for token */
+    memset(hit, 0, sizeof hit);
+    assert_int_equal(run_greedy(&f, st, hint_segs, 3, 12, hit, &res), 12);
+    assert_int_equal(res.prefill.next_hint, cold[0]);
+    assert_memory_equal(hit, cold, sizeof cold);
+    /* and the logits after the last prompt token are still the cold ones */
+    km_prefill_report rep;
+    assert_int_equal(km_pcache_prefill(f.c, st, 0, f.toks, f.n, f.bounds, f.nb, NULL, &rep, &err), 0);
+    assert_int_equal(rep.next_hint, -1); /* prefill callers without next_hint get logits */
+    assert_int_equal(rep.n_prefilled, 1);
+    assert_logits_cold(&f);
+    km_store_close(st);
+    teardown_fixture(&f);
+}
+
+static void test_hint_not_used_for_other_last_token_or_sampling(void **state) {
+    (void)state;
+    fixture f;
+    setup_fixture(&f, tu_model("tiny-f16.gguf"));
+    km_error err;
+    km_store_params sp = km_store_default_params();
+    km_store *st = km_store_open(&sp, &err);
+    int32_t a[6], b[6], b_cold[6];
+    km_result res;
+    assert_int_equal(run_greedy(&f, st, hint_segs, 3, 6, a, &res), 6);
+    /* same prompt but another last token: the end state (all tokens but the
+     * last) is shared, its hint is not (it names the token it follows) */
+    const char *other[3] = {hint_segs[0], hint_segs[1], "Which animal purrs?\nA. cat\nB. dog\nC. bird\nD. ant\nAnswer?"};
+    int32_t *ta, *tb;
+    int na, nb2, *ea, *eb;
+    assert_int_equal(km_tokenize_segments(f.m, hint_segs, 3, &ta, &na, &ea, &err), 0);
+    assert_int_equal(km_tokenize_segments(f.m, other, 3, &tb, &nb2, &eb, &err), 0);
+    assert_int_equal(na, nb2);
+    assert_memory_equal(ta, tb, (size_t)(na - 1) * sizeof *ta);
+    assert_int_not_equal(ta[na - 1], tb[na - 1]);
+    free(ta), free(tb), free(ea), free(eb);
+    assert_int_equal(run_greedy(&f, NULL, other, 3, 6, b_cold, &res), 6);
+    assert_int_equal(run_greedy(&f, st, other, 3, 6, b, &res), 6);
+    assert_int_equal(res.prefill.hit_index, 2); /* the shared state is reused */
+    assert_int_equal(res.prefill.next_hint, -1); /* but not the hint */
+    assert_int_equal(res.prefill.n_prefilled, 1);
+    assert_memory_equal(b, b_cold, sizeof b);
+    /* a sampled (temperature) request never takes the greedy hint */
+    km_request req = {.segs = hint_segs, .n_segs = 3, .segment_bounds = true, .sampling = km_sampling_default(),
+                      .n_predict = 1};
+    req.sampling.temp = 0.8f;
+    req.sampling.seed = 3;
+    assert_int_equal(km_pcache_run(f.c, st, 0, &req, &res, &err), 0);
+    assert_int_equal(res.prefill.hit_index, 2);
+    assert_int_equal(res.prefill.next_hint, -1);
+    assert_int_equal(res.prefill.n_prefilled, 1);
+    km_store_close(st);
+    teardown_fixture(&f);
+}
+
 int main(void) {
     km_log_level = -1; /* the rejections warn by design */
     km_engine_init();
@@ -248,6 +353,8 @@ int main(void) {
         cmocka_unit_test(test_truncated_rejected),
         cmocka_unit_test(test_wrong_model_blob_rejected),
         cmocka_unit_test(test_disk_persistence_across_restart),
+        cmocka_unit_test(test_full_hit_first_token_from_cache),
+        cmocka_unit_test(test_hint_not_used_for_other_last_token_or_sampling),
     };
     return cmocka_run_group_tests_name("pcache", tests, NULL, NULL);
 }

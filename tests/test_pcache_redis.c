@@ -145,6 +145,58 @@ static void test_states_flow_between_devices(void **state) {
     dev_close(&c);
 }
 
+/* A request through a planner (salted: keys of its own). */
+static void planned_request(device *d, km_planner *pl, km_prefill_report *rep) {
+    km_pcache_opts o = km_pcache_default_opts();
+    o.redis = d->redis;
+    o.planner = pl;
+    o.salt = "planner-test";
+    km_error err;
+    if (km_pcache_prefill(ctx, d->local, 0, toks, n_toks, bounds, nb, &o, rep, &err) != 0) fail_msg("%s", err.msg);
+    assert_memory_equal(km_logits(ctx), cold, (size_t)nv * sizeof(float));
+}
+
+static void test_planner_fetches_only_when_faster(void **state) {
+    (void)state;
+    need_redis();
+    km_error err;
+    device a = dev_open(), b = dev_open();
+    km_prefill_report rep;
+    planned_request(&a, NULL, &rep);
+    assert_int_equal(rep.n_uploaded, nb);
+    assert_int_equal(km_redis_flush(a.redis, 5000), 0);
+    assert_int_equal(km_redis_catalog_sync(b.redis, false, &err), 0);
+    /* b's measured rates: prefill at 1000 tokens/ms, a link of 1 byte/ms:
+     * fetching any state is slower than computing the whole prompt */
+    km_planner slow_link;
+    km_planner_init(&slow_link);
+    km_planner_observe_prefill(&slow_link, 1000, 1.0);
+    km_planner_observe_fetch(&slow_link, 1000, 1000.0);
+    km_planner_observe_fetch(&slow_link, 5000, 5000.0);
+    planned_request(&b, &slow_link, &rep);
+    assert_int_equal(rep.hit_index, -1);
+    assert_int_equal(rep.n_remote_gets, 0);     /* no round trip at all */
+    assert_int_equal(rep.n_planned_skips, nb);   /* every catalog hit was weighed and skipped */
+    assert_true(rep.est_fetch_ms > rep.est_recompute_ms);
+    /* the reverse: a slow device on a fast link fetches the longest prefix */
+    device c = dev_open();
+    assert_int_equal(km_redis_catalog_sync(c.redis, false, &err), 0);
+    km_planner slow_device;
+    km_planner_init(&slow_device);
+    km_planner_observe_prefill(&slow_device, 10, 1000.0);
+    km_planner_observe_fetch(&slow_device, 1000, 1.0);
+    km_planner_observe_fetch(&slow_device, 100000, 10.0);
+    planned_request(&c, &slow_device, &rep);
+    assert_int_equal(rep.hit_index, nb - 1);
+    assert_int_equal(rep.hit_tier, KM_TIER_REDIS);
+    assert_int_equal(rep.n_remote_gets, 1);
+    assert_int_equal(rep.n_planned_skips, 0);
+    assert_true(slow_device.n_link_obs == 3); /* the GET taught it */
+    dev_close(&a);
+    dev_close(&b);
+    dev_close(&c);
+}
+
 static void test_bad_blobs_in_redis(void **state) {
     (void)state;
     need_redis();
@@ -239,6 +291,7 @@ static void test_redis_dies_and_returns(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_states_flow_between_devices),
+        cmocka_unit_test(test_planner_fetches_only_when_faster),
         cmocka_unit_test(test_bad_blobs_in_redis),
         cmocka_unit_test(test_redis_dies_and_returns),
     };

@@ -299,7 +299,9 @@ int cmd_run(int argc, char **argv) {
     if (!quiet) {
         const km_prefill_report *rep = &res.prefill;
         char hit[64];
-        if (rep->hit_index >= 0) snprintf(hit, sizeof hit, "boundary %d/%d", rep->hit_index + 1, rep->n_bounds);
+        if (rep->hit_index >= 0)
+            snprintf(hit, sizeof hit, "boundary %d/%d%s", rep->hit_index + 1, rep->n_bounds,
+                     rep->next_hint >= 0 ? ", first token cached" : "");
         else snprintf(hit, sizeof hit, "miss");
         fprintf(stderr,
                 "kvmesh: ttft %.1f ms | ttlt %.1f ms | prompt %d tok | reused %d tok (%s) | prefilled %d tok | "

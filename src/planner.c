@@ -1,0 +1,76 @@
+/* planner.c -- see planner.h. */
+#include "planner.h"
+
+#include <string.h>
+
+/* Weight of the newest observation in the EWMAs, and the decay of the link
+ * fit's sums per observation: recent behaviour dominates (links and load
+ * change), one outlier does not. */
+#define EWMA_ALPHA 0.3
+#define LINK_DECAY 0.85
+/* Prefills shorter than this are mostly fixed overhead, not a rate. */
+#define MIN_PREFILL_TOKENS 8
+
+void km_planner_init(km_planner *p) {
+    memset(p, 0, sizeof *p);
+    p->wire_ratio = 1.0;
+}
+
+static double ewma(double old, double sample, int n_before) { return n_before == 0 ? sample : old + EWMA_ALPHA * (sample - old); }
+
+void km_planner_observe_prefill(km_planner *p, int n_tokens, double ms) {
+    if (n_tokens < MIN_PREFILL_TOKENS || ms <= 0) return;
+    p->prefill_tok_per_ms = ewma(p->prefill_tok_per_ms, n_tokens / ms, p->n_prefill_obs);
+    p->n_prefill_obs++;
+}
+
+void km_planner_observe_fetch(km_planner *p, size_t bytes, double ms) {
+    if (ms < 0) return;
+    double x = (double)bytes, y = ms;
+    p->sw = p->sw * LINK_DECAY + 1;
+    p->sx = p->sx * LINK_DECAY + x;
+    p->sy = p->sy * LINK_DECAY + y;
+    p->sxx = p->sxx * LINK_DECAY + x * x;
+    p->sxy = p->sxy * LINK_DECAY + x * y;
+    p->n_link_obs++;
+}
+
+void km_planner_observe_restore(km_planner *p, size_t wire_bytes, size_t state_bytes, double ms) {
+    if (state_bytes == 0) return;
+    p->wire_ratio = ewma(p->wire_ratio, (double)wire_bytes / (double)state_bytes, p->n_restore_obs);
+    p->restore_ms_per_byte = ewma(p->restore_ms_per_byte, ms / (double)state_bytes, p->n_restore_obs);
+    p->n_restore_obs++;
+}
+
+void km_planner_link(const km_planner *p, double *rtt_ms, double *bytes_per_ms) {
+    *rtt_ms = 0;
+    *bytes_per_ms = 0;
+    if (p->n_link_obs == 0 || p->sx <= 0) return;
+    double mx = p->sx / p->sw, my = p->sy / p->sw;
+    double var = p->sxx / p->sw - mx * mx;
+    double slope = 0, icpt = 0;
+    /* A line needs transfers of different sizes; with (nearly) one size, fall
+     * back to a line through the origin: all time is per byte. */
+    if (var > (0.05 * mx) * (0.05 * mx)) {
+        slope = (p->sxy / p->sw - mx * my) / var;
+        icpt = my - slope * mx;
+    }
+    if (slope <= 0 || icpt < 0) {
+        slope = p->sy / p->sx;
+        icpt = 0;
+    }
+    *rtt_ms = icpt;
+    *bytes_per_ms = 1.0 / slope;
+}
+
+km_plan_estimate km_planner_estimate(const km_planner *p, size_t state_bytes, int n_tokens) {
+    km_plan_estimate e = {0, 0, false};
+    double rtt, bpm;
+    km_planner_link(p, &rtt, &bpm);
+    if (bpm > 0) e.fetch_ms = rtt + (double)state_bytes * p->wire_ratio / bpm + (double)state_bytes * p->restore_ms_per_byte;
+    if (p->prefill_tok_per_ms > 0) e.recompute_ms = n_tokens / p->prefill_tok_per_ms;
+    e.known = bpm > 0 && p->prefill_tok_per_ms > 0;
+    return e;
+}
+
+bool km_planner_should_fetch(const km_plan_estimate *e) { return !e->known || e->fetch_ms < e->recompute_ms; }
