@@ -23,6 +23,7 @@ packages=(build-essential cmake pkg-config git ca-certificates
           libcmocka-dev libxxhash-dev libbloom-dev libhiredis-dev libzstd-dev redis-server
           clang libclang-rt-14-dev)   # libFuzzer, for tests/fuzz
 packages+=(iproute2)   # ip and tc, for kvmesh bench link
+packages+=(gnuplot-nox)   # the charts of kvmesh bench mmlu
 command -v npm >/dev/null 2>&1 || packages+=(npm)
 missing=()
 for p in "${packages[@]}"; do

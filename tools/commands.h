@@ -9,6 +9,7 @@ int cmd_gen_model(int argc, char **argv);
 int cmd_inspect(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_bench_link(int argc, char **argv); /* bench/bench_link.c, dispatched by cmd_bench */
+int cmd_bench_mmlu(int argc, char **argv); /* bench/bench_mmlu.c */
 int cmd_demo(int argc, char **argv);
 int cmd_catalog(int argc, char **argv);
 

@@ -24,7 +24,7 @@ static const struct {
     {"gen-model", cmd_gen_model, "write a synthetic GGUF with the exact shape of a real model"},
     {"inspect", cmd_inspect, "describe a state blob or a GGUF model file"},
     {"catalog", cmd_catalog, "rebuild or show the shared tier's catalog (kvmesh catalog rebuild --store URL --model M)"},
-    {"bench", cmd_bench, "benchmarks (bench local: prompt-cache costs on MMLU prompts)"},
+    {"bench", cmd_bench, "benchmarks: local (prompt-cache costs), mmlu (the paper's Redis experiment), link (emulation check)"},
 };
 
 static void usage(FILE *f) {
