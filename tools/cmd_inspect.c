@@ -33,7 +33,14 @@ static int inspect_blob(const char *path, const uint8_t *data, size_t len) {
            (unsigned long long)b.payload_len);
     printf("model:       fingerprint %s\n", fp);
     printf("kv types:    K %s, V %s\n", ggml_type_name((enum ggml_type)b.type_k), ggml_type_name((enum ggml_type)b.type_v));
-    printf("tokens:      %u (%.1f bytes of state per token)\n", b.n_tokens, (double)b.payload_len / b.n_tokens);
+    printf("tokens:      %u (%.1f bytes of state per token as stored, %.1f decoded)\n", b.n_tokens,
+           (double)b.payload_len / b.n_tokens, (double)b.raw_len / b.n_tokens);
+    if (b.flags & KM_BLOB_F_ZSTD)
+        printf("payload:     zstd%s, %llu -> %llu bytes (%.1f %%)\n", b.flags & KM_BLOB_F_SHUFFLE2 ? " after a 2-byte shuffle" : "",
+               (unsigned long long)b.raw_len, (unsigned long long)b.payload_len, 100.0 * (double)b.payload_len / (double)b.raw_len);
+    else
+        printf("payload:     uncompressed\n");
+    if (b.has_next) printf("next token:  greedy picks %d after token %d (first-token hint)\n", b.next_token, b.next_from);
     printf("first ids:  ");
     for (uint32_t i = 0; i < b.n_tokens && i < 16; i++) printf(" %d", km_blob_token(&b, i));
     printf("%s\n", b.n_tokens > 16 ? " ..." : "");
