@@ -93,7 +93,8 @@ typedef struct bench_cfg {
 
 typedef struct profile {
     const char *name, *model_path;
-    int k, n_prompts, workers, n_ctx;
+    int k, n_prompts, workers;
+    int n_ctx;         /* sized to the longest prompt */
     double slowdown;   /* 0: calibrate to target_tps */
     double target_tps; /* emulated device prefill rate (0: full speed) */
     bool enabled;
@@ -340,7 +341,7 @@ static double full_speed_tps(km_model *m, const km_mmlu *mm, const profile *pf, 
     double tok = 0, ms = 0;
     for (int j = 0; j < 4; j++) {
         prompt p;
-        if (prompt_make(mm, m, pf->k, 1000 + j, &p, err) != 0) break;
+        if (prompt_make(mm, m, pf->k, j, &p, err) != 0) break;
         km_pcache_opts o = km_pcache_default_opts();
         km_result r;
         if (run_one(c, NULL, &p, &o, 1, &r, err) == 0 && j > 0) { /* the first warms up */
@@ -363,6 +364,22 @@ static int run_profile(profile *pf, const bench_cfg *cfg, const km_mmlu *mm, con
     }
     km_model_describe(m, pf->model_desc, sizeof pf->model_desc);
     for (int c = 0; c < N_CASES; c++) pf->s[c] = calloc((size_t)pf->n_prompts, sizeof(sample));
+    /* the context must hold the longest prompt (some MMLU subjects have
+     * long examples: k=5 prompts reach ~2,700 tokens) */
+    int longest = 0, n_check = pf->n_prompts + pf->workers;
+    if (n_check < cfg->catalog_prompts) n_check = cfg->catalog_prompts;
+    if (n_check < 8) n_check = 8; /* state sizes */
+    for (int j = 0; j < n_check; j++) {
+        prompt p;
+        if (prompt_make(mm, m, pf->k, j, &p, &err) != 0) {
+            fprintf(stderr, "kvmesh bench mmlu: %s: prompt %d: %s\n", pf->name, j, err.msg);
+            km_model_free(m);
+            return -1;
+        }
+        if (p.n_tokens > longest) longest = p.n_tokens;
+        prompt_free(&p);
+    }
+    pf->n_ctx = (longest + cfg->n_predict + 255) / 256 * 256;
     pf->full_speed_tps = full_speed_tps(m, mm, pf, cfg->kv, &err);
     if (pf->full_speed_tps <= 0) {
         fprintf(stderr, "kvmesh bench mmlu: %s: calibration failed: %s\n", pf->name, err.msg);
@@ -738,9 +755,9 @@ static void usage(FILE *f) {
 
 int cmd_bench_mmlu(int argc, char **argv) {
     profile low = {.name = "low-end", .model_path = "models/gemma3-270m-q8_0.gguf", .k = 1, .n_prompts = 50,
-                   .workers = 8, .n_ctx = 1024, .target_tps = PAPER_DEVICE_TPS, .enabled = true};
+                   .workers = 8, .target_tps = PAPER_DEVICE_TPS, .enabled = true};
     profile high = {.name = "high-end", .model_path = "models/gemma3-1b-q8_0.gguf", .k = 5, .n_prompts = 200,
-                    .workers = 1, .n_ctx = 2048, .slowdown = 1, .enabled = true};
+                    .workers = 1, .slowdown = 1, .enabled = true};
     bench_cfg cfg = {.mmlu = "../shared/data/mmlu", .out = "bench-out", .link_spec = "bw=20mbit,rtt=5ms",
                      .kv = KM_KV_F16, .n_predict = 1, .catalog_prompts = 50};
     enum { O_PROFILE = 1000, O_LM, O_HM, O_LP, O_HP, O_LW, O_HW, O_RATE, O_SLOW, O_LINK, O_KV, O_CATP, O_NOSIZES, O_MMLU,
