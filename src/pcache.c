@@ -217,7 +217,10 @@ static int restore_best(km_ctx *c, km_store *store, km_redis *redis, int seq, co
             rep->t_restore_ms += dt;
             rep->bytes_loaded += len;
             rep->hit_tier = tier;
-            if (o->planner) km_planner_observe_restore(o->planner, len, (size_t)info.raw_len, dt);
+            if (o->planner) {
+                km_planner_observe_restore(o->planner, (size_t)info.raw_len, dt);
+                if (tier == KM_TIER_REDIS) km_planner_observe_wire(o->planner, len, (size_t)info.raw_len);
+            }
             if (o->next_hint && bounds[i] == n_tokens - 1 && info.has_next && info.next_from == tokens[n_tokens - 1])
                 rep->next_hint = info.next_token;
             /* keep a fetched state locally: the next request finds it without the network */

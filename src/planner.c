@@ -35,9 +35,14 @@ void km_planner_observe_fetch(km_planner *p, size_t bytes, double ms) {
     p->n_link_obs++;
 }
 
-void km_planner_observe_restore(km_planner *p, size_t wire_bytes, size_t state_bytes, double ms) {
+void km_planner_observe_wire(km_planner *p, size_t wire_bytes, size_t state_bytes) {
     if (state_bytes == 0) return;
-    p->wire_ratio = ewma(p->wire_ratio, (double)wire_bytes / (double)state_bytes, p->n_restore_obs);
+    p->wire_ratio = ewma(p->wire_ratio, (double)wire_bytes / (double)state_bytes, p->n_wire_obs);
+    p->n_wire_obs++;
+}
+
+void km_planner_observe_restore(km_planner *p, size_t state_bytes, double ms) {
+    if (state_bytes == 0) return;
     p->restore_ms_per_byte = ewma(p->restore_ms_per_byte, ms / (double)state_bytes, p->n_restore_obs);
     p->n_restore_obs++;
 }

@@ -30,6 +30,7 @@ typedef struct km_planner {
     int n_link_obs;
     /* wire bytes per state byte (EWMA, starts at 1) and restore ms per state byte */
     double wire_ratio;
+    int n_wire_obs;
     double restore_ms_per_byte;
     int n_restore_obs;
 } km_planner;
@@ -46,8 +47,10 @@ void km_planner_init(km_planner *p);
 void km_planner_observe_prefill(km_planner *p, int n_tokens, double ms);
 /* Record a remote GET that moved `bytes` in ms (round trip included). */
 void km_planner_observe_fetch(km_planner *p, size_t bytes, double ms);
-/* Record a restore of a blob: wire bytes, state bytes, ms spent decoding + importing. */
-void km_planner_observe_restore(km_planner *p, size_t wire_bytes, size_t state_bytes, double ms);
+/* Record a fetched blob's size on the wire against its state size (compression). */
+void km_planner_observe_wire(km_planner *p, size_t wire_bytes, size_t state_bytes);
+/* Record a restore (decode + validate + import) of state_bytes that took ms. */
+void km_planner_observe_restore(km_planner *p, size_t state_bytes, double ms);
 
 /* Link model currently fitted: round trip in ms and bytes per ms (0 if unknown). */
 void km_planner_link(const km_planner *p, double *rtt_ms, double *bytes_per_ms);

@@ -67,7 +67,8 @@ static void test_wire_ratio_and_restore_cost(void **state) {
     km_planner p;
     km_planner_init(&p);
     for (int i = 0; i < 4; i++) km_planner_observe_fetch(&p, (size_t)(i + 1) * 1000000, (i + 1) * 400.0);
-    km_planner_observe_restore(&p, 800000, 1000000, 2.0); /* 80 % on the wire, 2 ns/byte */
+    km_planner_observe_wire(&p, 800000, 1000000); /* 80 % on the wire */
+    km_planner_observe_restore(&p, 1000000, 2.0);  /* 2 ns/byte */
     km_planner_observe_prefill(&p, 100, 1000);
     km_plan_estimate e = km_planner_estimate(&p, 1000000, 50);
     /* 0.8 MB at 2500 bytes/ms = 320 ms, + 2 ms restore */
