@@ -577,7 +577,9 @@ static void report_profile(const profile *pf, const bench_cfg *cfg, FILE *csv, F
         if (cs[c].n)
             verdict(v, cs[c].ttft.mean <= 1.25 * cs[c].bound_ms, "%s %s: TTFT %.1f ms = %.2fx its physical bound %.1f ms (<= 1.25x)",
                     pf->name, case_names[c], cs[c].ttft.mean, cs[c].ttft.mean / cs[c].bound_ms, cs[c].bound_ms);
-    if (cfg->kv == KM_KV_F16 && full->bytes_per_token > 0)
+    /* the paper's 34.6 KB/token is Gemma 3 270M's (its low-end device); the
+     * 1B model has 26 layers instead of 18, so only the low-end is held to it */
+    if (cfg->kv == KM_KV_F16 && full->bytes_per_token > 0 && pf->target_tps > 0)
         verdict(v, full->bytes_per_token <= 0.5 * PAPER_BYTES_PER_TOKEN,
                 "%s full-hit state %.0f bytes per token on the wire <= 50 %% of the paper's %.0f (f16 KV)", pf->name,
                 full->bytes_per_token, PAPER_BYTES_PER_TOKEN);
