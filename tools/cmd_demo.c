@@ -148,7 +148,7 @@ int cmd_demo(int argc, char **argv) {
         sum_cache += cached;
         char label[64];
         snprintf(label, sizeof label, "question %d%s", qi + 1,
-                 rc_cache.hit_index < 0 ? " (miss)" : rc_cache.n_prefilled == 1 ? " (full hit)" : " (examples hit)");
+                 rc_cache.hit_index < 0 ? " (miss)" : rc_cache.n_reused == rc_cache.n_prompt - 1 ? " (full hit)" : " (examples hit)");
         printf("%-4d %-28s %6d %7d %8d | %8.1f ms %7.1f ms %7.1fx  %s\n", r + 1, label, rc_cache.n_prompt,
                rc_cache.n_reused, rc_cache.n_prefilled, cold, cached, cold / cached, same ? "yes" : "NO");
         fflush(stdout);
