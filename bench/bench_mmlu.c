@@ -331,12 +331,6 @@ fail:
     return NULL;
 }
 
-static double thread_cpu_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
-
 /* Prefill rate of one core on this profile's prompts, for the dilation
  * factor. Measured in this thread's CPU time, as the dilation itself is
  * (engine.c): a busy machine (another bench, a build) changes neither, so
@@ -353,10 +347,10 @@ static double full_speed_tps(km_model *m, const km_mmlu *mm, const profile *pf, 
         if (prompt_make(mm, m, pf->k, j, &p, err) != 0) break;
         km_pcache_opts o = km_pcache_default_opts();
         km_result r;
-        double cpu0 = thread_cpu_ms();
+        double cpu0 = km_thread_cpu_ms();
         if (run_one(c, NULL, &p, &o, 1, &r, err) == 0 && j > 0) { /* the first warms up */
             tok += r.prefill.n_prefilled;
-            ms += thread_cpu_ms() - cpu0;
+            ms += km_thread_cpu_ms() - cpu0;
         }
         prompt_free(&p);
     }

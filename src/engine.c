@@ -447,15 +447,9 @@ int km_seq_n_past(km_ctx *c, int seq) { return llama_memory_seq_pos_max(llama_ge
  * the compute time even when other processes share the core -- emulated
  * devices running side by side do not slow each other down. With more
  * threads, wall time is used. */
-static double thread_cpu_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
-
 static void dilate(const km_ctx *c, double wall0, double cpu0) {
     double now = km_now_ms();
-    double busy = c->p.n_threads == 1 ? thread_cpu_ms() - cpu0 : now - wall0;
+    double busy = c->p.n_threads == 1 ? km_thread_cpu_ms() - cpu0 : now - wall0;
     double extra = wall0 + busy * c->p.slowdown - now;
     if (extra <= 0) return;
     struct timespec ts = {(time_t)(extra / 1e3), (long)((extra - (double)(time_t)(extra / 1e3) * 1e3) * 1e6)};
@@ -477,7 +471,7 @@ static int decode_span(km_ctx *c, int seq, const int32_t *toks, int n, int pos0,
             b->seq_id[i][0] = seq;
             b->logits[i] = logits_last && off + i == n - 1;
         }
-        double t0 = km_now_ms(), cpu0 = c->p.slowdown > 1.0 ? thread_cpu_ms() : 0;
+        double t0 = km_now_ms(), cpu0 = c->p.slowdown > 1.0 ? km_thread_cpu_ms() : 0;
         int rc = llama_decode(c->lc, *b);
         if (rc != 0)
             return km_error_set(err, "llama_decode failed (code %d) at positions %d..%d%s", rc, pos0 + off,

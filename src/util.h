@@ -21,6 +21,8 @@ int km_error_set(km_error *err, const char *fmt, ...) __attribute__((format(prin
 
 /* Milliseconds on the monotonic clock (for TTFT/TTLT and every other duration). */
 double km_now_ms(void);
+/* CPU time of the calling thread in ms (device emulation measures compute with it). */
+double km_thread_cpu_ms(void);
 
 /* Logging to stderr. Level 0 = errors/warnings only, 1 = info (default), 2 = debug. */
 extern int km_log_level;
