@@ -24,6 +24,7 @@ packages=(build-essential cmake pkg-config git ca-certificates
           clang libclang-rt-14-dev)   # libFuzzer, for tests/fuzz
 packages+=(iproute2)   # ip and tc, for kvmesh bench link
 packages+=(gnuplot-nox)   # the charts of kvmesh bench mmlu
+packages+=(libmicrohttpd-dev libcurl4-openssl-dev libjansson-dev libsodium-dev)   # kvmesh node: HTTP API, peer client, JSON, mesh MACs
 command -v npm >/dev/null 2>&1 || packages+=(npm)
 missing=()
 for p in "${packages[@]}"; do
