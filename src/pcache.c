@@ -8,7 +8,7 @@
 
 km_pcache_opts km_pcache_default_opts(void) {
     km_pcache_opts o = {.salt = NULL, .lookup = true, .save = true, .max_blob = (size_t)1 << 30, .redis = NULL,
-                        .planner = NULL, .skip_catalog = false, .next_hint = false};
+                        .remotes = NULL, .n_remotes = 0, .planner = NULL, .skip_catalog = false, .next_hint = false};
     return o;
 }
 
@@ -118,67 +118,143 @@ static void finish_end_snapshot(snap_ctx *s) {
     s->rep->t_save_ms += km_now_ms() - t0;
 }
 
+/* ---- remote holders ---- */
+
+/* The Redis tier as a remote holder: its link is the planner's, a bad value
+ * is deleted from the server. */
+typedef struct redis_src {
+    km_redis *redis;
+    km_planner *planner;
+    bool skip_catalog;
+} redis_src;
+
+static bool redis_maybe_has(void *ud, km_key key) {
+    redis_src *r = ud;
+    return r->skip_catalog || km_redis_maybe_has(r->redis, key);
+}
+
+static int redis_get(void *ud, km_key key, uint8_t **blob, size_t *len, km_error *err) {
+    return km_redis_get(((redis_src *)ud)->redis, key, blob, len, err);
+}
+
+static void redis_reject(void *ud, km_key key, const char *why) {
+    km_error e;
+    km_redis_del(((redis_src *)ud)->redis, key, &e);
+}
+
+static void redis_link(void *ud, km_linkfit *out) {
+    redis_src *r = ud;
+    if (r->planner) *out = r->planner->link;
+    else km_linkfit_init(out);
+}
+
+static void redis_observe_fetch(void *ud, size_t wire_bytes, double ms) {
+    redis_src *r = ud;
+    if (r->planner) km_planner_observe_fetch(r->planner, wire_bytes, ms);
+}
+
+static void redis_observe_wire(void *ud, size_t wire_bytes, size_t state_bytes) {
+    redis_src *r = ud;
+    if (r->planner) km_planner_observe_wire(r->planner, wire_bytes, state_bytes);
+}
+
+/* Everything one prefill may restore from besides the local store. */
+typedef struct sources {
+    redis_src rs;
+    km_remote *all; /* the Redis tier (if any) first, then the peers */
+    int n;
+    int first_peer; /* index of opts->remotes[0] in all */
+} sources;
+
+static int sources_init(sources *S, const km_pcache_opts *o) {
+    memset(S, 0, sizeof *S);
+    S->all = malloc((size_t)(o->n_remotes + 1) * sizeof *S->all);
+    if (!S->all) return -1;
+    if (o->redis) {
+        S->rs = (redis_src){o->redis, o->planner, o->skip_catalog};
+        S->all[S->n++] = (km_remote){KM_TIER_REDIS,      "Redis",         &S->rs,
+                                     redis_maybe_has,    redis_get,       redis_reject,
+                                     redis_link,         redis_observe_fetch, redis_observe_wire};
+    }
+    S->first_peer = S->n;
+    for (int i = 0; i < o->n_remotes; i++) S->all[S->n++] = o->remotes[i];
+    return 0;
+}
+
 /* Where a stored prefix can come from, and what the planner expects it to cost. */
 typedef struct candidate {
     int i;         /* boundary index */
-    int tier;      /* KM_TIER_LOCAL or KM_TIER_REDIS */
+    int src;       /* -1: the local store, else index into sources.all */
     double est_ms; /* estimated time to the end of prefill via this state */
 } candidate;
 
 static int by_estimate(const void *a, const void *b) {
     const candidate *x = a, *y = b;
     if (x->est_ms != y->est_ms) return x->est_ms < y->est_ms ? -1 : 1;
-    return y->i - x->i; /* ties: the longer prefix */
+    if (x->i != y->i) return y->i - x->i; /* ties: the longer prefix */
+    return x->src - y->src;               /* then local, Redis, peers in order */
 }
 
 /* Fetch the blob of a candidate: 0 got it, 1 nothing usable. */
-static int fetch_blob(km_store *store, km_redis *redis, km_planner *planner, km_key key, int tier, uint8_t **blob,
-                      size_t *len, km_prefill_report *rep) {
+static int fetch_blob(km_store *store, const sources *S, km_key key, int src, uint8_t **blob, size_t *len,
+                      km_prefill_report *rep) {
     km_error e;
-    if (tier == KM_TIER_LOCAL) {
+    if (src < 0) {
         int rc = km_store_get(store, key, blob, len, &e);
         if (rc < 0) km_warn("cache read failed: %s", e.msg);
         return rc == 0 ? 0 : 1;
     }
+    const km_remote *r = &S->all[src];
     double t0 = km_now_ms();
-    int rc = km_redis_get(redis, key, blob, len, &e);
+    int rc = r->get(r->ud, key, blob, len, &e);
     double dt = km_now_ms() - t0;
     rep->t_remote_ms += dt;
     rep->n_remote_gets++;
     if (rc == 0) {
         rep->bytes_remote += *len;
-        if (planner) km_planner_observe_fetch(planner, *len, dt);
+        if (r->observe_fetch) r->observe_fetch(r->ud, *len, dt);
         return 0;
     }
     if (rc == 1) rep->n_false_positives++; /* the catalog was stale or wrong: a miss */
     if (rc == 2) {                         /* e.g. oversized: never a valid blob */
-        km_warn("shared-tier value rejected and removed: %s", e.msg);
+        km_warn("%s value rejected: %s", r->name, e.msg);
         rep->n_rejected++;
-        km_redis_del(redis, key, &e);
+        if (r->reject) r->reject(r->ud, key, e.msg);
     }
+    if (rc < 0) km_debug("%s: %s", r->name, e.msg);
     return 1;
 }
 
-/* Collect the candidates: every boundary the local store holds (exact) or the
- * shared tier's catalog may hold (no catalog hit, no round trip). With
+/* Collect the candidates: every boundary the local store holds (exact) or a
+ * remote holder's catalog may hold (no catalog hit, no round trip). With
  * measured rates, each gets the estimated time to finish the prefill through
  * it, candidates slower than recomputing everything are dropped, and the rest
  * are tried fastest first; without rates, longest first. Shorter candidates
  * stay in the list: a state that fails validation falls back to the next.
  * Returns the count. */
-static int plan_candidates(km_ctx *c, km_store *store, km_redis *redis, km_planner *planner, bool skip_catalog,
-                           int n_tokens, const int *bounds, int n_bounds, const km_key *keys, candidate *out,
+static int plan_candidates(km_ctx *c, km_store *store, const sources *S, km_planner *planner, int n_tokens,
+                           const int *bounds, int n_bounds, const km_key *keys, candidate *out,
                            km_prefill_report *rep) {
     bool rates = planner && planner->prefill_tok_per_ms > 0;
     double full_ms = rates ? n_tokens / planner->prefill_tok_per_ms : 0;
+    km_linkfit *links = malloc((size_t)(S->n + 1) * sizeof *links);
+    if (!links) return 0;
+    for (int r = 0; r < S->n; r++) {
+        if (S->all[r].link) S->all[r].link(S->all[r].ud, &links[r]);
+        else km_linkfit_init(&links[r]);
+    }
     int n = 0;
     for (int i = n_bounds - 1; i >= 0; i--) {
         double rest_ms = rates ? (n_tokens - bounds[i]) / planner->prefill_tok_per_ms : 0;
+        size_t est_bytes = km_state_size_estimate(c, bounds[i]);
         if (store && km_store_contains(store, keys[i])) {
-            double restore = rates ? (double)km_state_size_estimate(c, bounds[i]) * planner->restore_ms_per_byte : 0;
-            out[n++] = (candidate){i, KM_TIER_LOCAL, restore + rest_ms};
-        } else if (redis && (skip_catalog || km_redis_maybe_has(redis, keys[i]))) {
-            km_plan_estimate e = planner ? km_planner_estimate(planner, km_state_size_estimate(c, bounds[i]), bounds[i])
+            double restore = rates ? (double)est_bytes * planner->restore_ms_per_byte : 0;
+            out[n++] = (candidate){i, -1, restore + rest_ms};
+            continue; /* a local copy beats any remote one of the same prefix */
+        }
+        for (int r = 0; r < S->n; r++) {
+            if (!S->all[r].maybe_has(S->all[r].ud, keys[i])) continue;
+            km_plan_estimate e = planner ? km_planner_estimate_via(planner, &links[r], est_bytes, bounds[i])
                                          : (km_plan_estimate){0, 0, false};
             if (rep->est_fetch_ms == 0 && e.known) { /* the longest remote candidate's figures */
                 rep->est_fetch_ms = e.fetch_ms;
@@ -188,26 +264,28 @@ static int plan_candidates(km_ctx *c, km_store *store, km_redis *redis, km_plann
                 rep->n_planned_skips++;
                 continue;
             }
-            out[n++] = (candidate){i, KM_TIER_REDIS, (e.known ? e.fetch_ms : 0) + rest_ms};
+            out[n++] = (candidate){i, r, (e.known ? e.fetch_ms : 0) + rest_ms};
         }
     }
+    free(links);
     if (rates) qsort(out, (size_t)n, sizeof *out, by_estimate);
     return n;
 }
 
 /* Restore the best stored prefix; returns its boundary index, or -1. */
-static int restore_best(km_ctx *c, km_store *store, km_redis *redis, int seq, const int32_t *tokens, int n_tokens,
+static int restore_best(km_ctx *c, km_store *store, const sources *S, int seq, const int32_t *tokens, int n_tokens,
                         const int *bounds, int n_bounds, const km_key *keys, const km_pcache_opts *o,
                         km_prefill_report *rep) {
-    candidate *cand = malloc((size_t)n_bounds * sizeof *cand);
+    candidate *cand = malloc((size_t)n_bounds * (size_t)(S->n + 1) * sizeof *cand);
     if (!cand) return -1;
-    int n_cand = plan_candidates(c, store, redis, o->planner, o->skip_catalog, n_tokens, bounds, n_bounds, keys, cand, rep);
+    int n_cand = plan_candidates(c, store, S, o->planner, n_tokens, bounds, n_bounds, keys, cand, rep);
     int hit = -1;
     for (int k = 0; k < n_cand && hit < 0; k++) {
-        int i = cand[k].i, tier = cand[k].tier;
+        int i = cand[k].i, src = cand[k].src;
+        const km_remote *r = src >= 0 ? &S->all[src] : NULL;
         uint8_t *blob = NULL;
         size_t len = 0;
-        if (fetch_blob(store, redis, o->planner, keys[i], tier, &blob, &len, rep) != 0) continue;
+        if (fetch_blob(store, S, keys[i], src, &blob, &len, rep) != 0) continue;
         km_error e;
         km_blob_info info;
         double t0 = km_now_ms();
@@ -216,24 +294,26 @@ static int restore_best(km_ctx *c, km_store *store, km_redis *redis, int seq, co
         if (rc == 0) {
             rep->t_restore_ms += dt;
             rep->bytes_loaded += len;
-            rep->hit_tier = tier;
-            if (o->planner) {
-                km_planner_observe_restore(o->planner, (size_t)info.raw_len, dt);
-                if (tier == KM_TIER_REDIS) km_planner_observe_wire(o->planner, len, (size_t)info.raw_len);
-            }
+            rep->hit_tier = r ? r->tier : KM_TIER_LOCAL;
+            rep->hit_remote = r && src >= S->first_peer ? src - S->first_peer : -1;
+            if (o->planner) km_planner_observe_restore(o->planner, (size_t)info.raw_len, dt);
+            if (r && r->observe_wire) r->observe_wire(r->ud, len, (size_t)info.raw_len);
             if (o->next_hint && bounds[i] == n_tokens - 1 && info.has_next && info.next_from == tokens[n_tokens - 1])
                 rep->next_hint = info.next_token;
             /* keep a fetched state locally: the next request finds it without the network */
-            if (tier == KM_TIER_REDIS && store) km_store_put(store, keys[i], blob, len, &e);
+            if (r && store) km_store_put(store, keys[i], blob, len, &e);
             hit = i;
         } else {
             char hex[2 * KM_KEY_LEN + 1];
             km_key_hex(keys[i], hex);
-            km_warn("cached state %s from the %s tier rejected and removed: %s", hex,
-                    tier == KM_TIER_REDIS ? "Redis" : "local", e.msg);
+            km_warn("cached state %s from %s rejected%s: %s", hex, r ? r->name : "the local store",
+                    r && r->tier == KM_TIER_PEER ? "" : " and removed", e.msg);
             rep->n_rejected++;
-            if (tier == KM_TIER_REDIS) km_redis_del(redis, keys[i], &e);
-            else km_store_remove(store, keys[i]);
+            if (r) {
+                if (r->reject) r->reject(r->ud, keys[i], e.msg);
+            } else {
+                km_store_remove(store, keys[i]);
+            }
         }
         free(blob);
     }
@@ -248,18 +328,24 @@ int km_pcache_prefill(km_ctx *c, km_store *store, int seq, const int32_t *tokens
     rep->n_prompt = n_tokens;
     rep->n_bounds = n_bounds;
     rep->hit_index = -1;
+    rep->hit_remote = -1;
     rep->next_hint = -1;
     km_seq_clear(c, seq);
 
     km_key *keys = NULL;
     int n_past = 0;
     km_redis *redis = o.redis;
-    if ((store || redis) && n_bounds > 0) {
+    if ((store || redis || o.n_remotes > 0) && n_bounds > 0) {
         double t0 = km_now_ms();
         keys = malloc((size_t)n_bounds * sizeof *keys);
+        if (!keys) return km_error_set(err, "out of memory");
         km_keys_for_boundaries(km_ctx_root_key(c, o.salt), tokens, bounds, n_bounds, keys);
         /* a failed restore leaves the sequence empty (km_state_restore) */
-        if (o.lookup) rep->hit_index = restore_best(c, store, redis, seq, tokens, n_tokens, bounds, n_bounds, keys, &o, rep);
+        sources S;
+        if (o.lookup && sources_init(&S, &o) == 0) {
+            rep->hit_index = restore_best(c, store, &S, seq, tokens, n_tokens, bounds, n_bounds, keys, &o, rep);
+            free(S.all);
+        }
         rep->t_lookup_ms = km_now_ms() - t0 - rep->t_restore_ms;
         if (rep->hit_index >= 0) n_past = bounds[rep->hit_index];
     }

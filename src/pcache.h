@@ -4,10 +4,12 @@
  *   (checksum, model, KV types, tokens, state layout) -> restore -> prefill
  *   the rest, snapshotting the state at every new boundary -> store.
  *
- * Where blobs come from, per boundary (longest first): the local store, then
- * the shared Redis tier if its catalog may hold the key (no catalog hit, no
- * round trip). A state fetched from Redis is kept locally; new snapshots go to
- * the local store at once and to Redis write-behind.
+ * Where blobs come from, per boundary: the local store (exact), then remote
+ * holders whose catalog may hold the key -- the shared Redis tier and the
+ * mesh's peers (km_remote) -- with no round trip without a catalog hit. With
+ * measured rates (planner) the candidates are tried fastest first and those
+ * slower than recomputing are dropped. A fetched state is kept locally; new
+ * snapshots go to the local store at once and to Redis write-behind.
  *
  * A blob that fails validation is reported, counted, removed from the store,
  * and the next shorter prefix is tried: a bad blob costs time, never a wrong
@@ -25,12 +27,37 @@
 #include "redis_tier.h"
 #include "store.h"
 
+enum { KM_TIER_NONE = 0, KM_TIER_LOCAL = 1, KM_TIER_REDIS = 2, KM_TIER_PEER = 3 };
+
+/* A remote holder of states other than the Redis tier (which km_pcache_opts
+ * names directly, since it also takes uploads): a peer of the mesh. Called
+ * from the request's thread; the callbacks lock whatever they share. */
+typedef struct km_remote {
+    int tier;         /* KM_TIER_PEER */
+    const char *name; /* for messages (the peer's id or address) */
+    void *ud;
+    /* Catalog check, no I/O: may the holder have key? */
+    bool (*maybe_has)(void *ud, km_key key);
+    /* Fetch: 0 got it (*blob malloc'd), 1 not there (a catalog false
+     * positive), 2 a value that can never be a blob, -1 error. */
+    int (*get)(void *ud, km_key key, uint8_t **blob, size_t *len, km_error *err);
+    /* A fetched blob failed validation (or was unusable): tell the holder's side. */
+    void (*reject)(void *ud, km_key key, const char *why);
+    /* Copy of the measured link to the holder (for the planner). */
+    void (*link)(void *ud, km_linkfit *out);
+    /* Feed the link: a GET of wire_bytes took ms; a blob of wire_bytes held state_bytes. */
+    void (*observe_fetch)(void *ud, size_t wire_bytes, double ms);
+    void (*observe_wire)(void *ud, size_t wire_bytes, size_t state_bytes);
+} km_remote;
+
 typedef struct km_pcache_opts {
     const char *salt;   /* key-space salt (NULL: none) */
     bool lookup;        /* reuse stored states (default true) */
     bool save;          /* store snapshots of new boundaries (default true) */
     size_t max_blob;    /* largest blob accepted from a tier (default 1 GiB) */
     km_redis *redis;    /* shared tier (default NULL: none) */
+    const km_remote *remotes; /* peers holding states (default none) */
+    int n_remotes;
     km_planner *planner; /* measured rates: fetch a remote state only when that is
                             estimated faster than recomputing it (NULL: always fetch) */
     bool skip_catalog;  /* ask the shared tier about every boundary, catalog or not
@@ -39,8 +66,6 @@ typedef struct km_pcache_opts {
                            instead of decoding the last prompt token (see below) */
 } km_pcache_opts;
 
-enum { KM_TIER_NONE = 0, KM_TIER_LOCAL = 1, KM_TIER_REDIS = 2 };
-
 km_pcache_opts km_pcache_default_opts(void);
 
 typedef struct km_prefill_report {
@@ -48,18 +73,19 @@ typedef struct km_prefill_report {
     int n_bounds;        /* boundaries (the last is n_prompt - 1) */
     int hit_index;       /* boundary restored from (0-based), -1 on a miss */
     int hit_tier;        /* KM_TIER_* the restored state came from */
+    int hit_remote;      /* index into opts->remotes of a KM_TIER_PEER hit, else -1 */
     int n_reused;        /* tokens restored from the cache */
     int n_prefilled;     /* tokens computed */
     int n_rejected;      /* stored blobs that failed validation (removed) */
     int n_saved;         /* snapshots stored */
     size_t bytes_loaded; /* blob bytes restored */
     size_t bytes_saved;  /* blob bytes stored */
-    int n_remote_gets;   /* GETs sent to the shared tier (each after a catalog hit) */
+    int n_remote_gets;   /* GETs sent to remote holders (each after a catalog hit) */
     int n_false_positives; /* catalog hits whose GET found nothing */
-    size_t bytes_remote; /* blob bytes fetched from the shared tier */
+    size_t bytes_remote; /* blob bytes fetched from remote holders */
     int n_uploaded;      /* snapshots queued for the shared tier (write-behind) */
     size_t bytes_uploaded;
-    double t_remote_ms;  /* time in shared-tier GETs (part of t_lookup_ms) */
+    double t_remote_ms;  /* time in remote GETs (part of t_lookup_ms) */
     double t_lookup_ms;  /* key hashing + store lookups + blob validation */
     double t_restore_ms; /* llama_state_seq_set_data */
     double t_prefill_ms; /* decoding, excluding snapshots */

@@ -11,9 +11,14 @@
 /* Prefills shorter than this are mostly fixed overhead, not a rate. */
 #define MIN_PREFILL_TOKENS 8
 
+void km_linkfit_init(km_linkfit *l) {
+    memset(l, 0, sizeof *l);
+    l->wire_ratio = 1.0;
+}
+
 void km_planner_init(km_planner *p) {
     memset(p, 0, sizeof *p);
-    p->wire_ratio = 1.0;
+    km_linkfit_init(&p->link);
 }
 
 static double ewma(double old, double sample, int n_before) { return n_before == 0 ? sample : old + EWMA_ALPHA * (sample - old); }
@@ -24,21 +29,27 @@ void km_planner_observe_prefill(km_planner *p, int n_tokens, double ms) {
     p->n_prefill_obs++;
 }
 
-void km_planner_observe_fetch(km_planner *p, size_t bytes, double ms) {
+void km_linkfit_observe_fetch(km_linkfit *l, size_t bytes, double ms) {
     if (ms < 0) return;
     double x = (double)bytes, y = ms;
-    p->sw = p->sw * LINK_DECAY + 1;
-    p->sx = p->sx * LINK_DECAY + x;
-    p->sy = p->sy * LINK_DECAY + y;
-    p->sxx = p->sxx * LINK_DECAY + x * x;
-    p->sxy = p->sxy * LINK_DECAY + x * y;
-    p->n_link_obs++;
+    l->sw = l->sw * LINK_DECAY + 1;
+    l->sx = l->sx * LINK_DECAY + x;
+    l->sy = l->sy * LINK_DECAY + y;
+    l->sxx = l->sxx * LINK_DECAY + x * x;
+    l->sxy = l->sxy * LINK_DECAY + x * y;
+    l->n_obs++;
 }
 
-void km_planner_observe_wire(km_planner *p, size_t wire_bytes, size_t state_bytes) {
+void km_linkfit_observe_wire(km_linkfit *l, size_t wire_bytes, size_t state_bytes) {
     if (state_bytes == 0) return;
-    p->wire_ratio = ewma(p->wire_ratio, (double)wire_bytes / (double)state_bytes, p->n_wire_obs);
-    p->n_wire_obs++;
+    l->wire_ratio = ewma(l->wire_ratio, (double)wire_bytes / (double)state_bytes, l->n_wire_obs);
+    l->n_wire_obs++;
+}
+
+void km_planner_observe_fetch(km_planner *p, size_t bytes, double ms) { km_linkfit_observe_fetch(&p->link, bytes, ms); }
+
+void km_planner_observe_wire(km_planner *p, size_t wire_bytes, size_t state_bytes) {
+    km_linkfit_observe_wire(&p->link, wire_bytes, state_bytes);
 }
 
 void km_planner_observe_restore(km_planner *p, size_t state_bytes, double ms) {
@@ -47,10 +58,10 @@ void km_planner_observe_restore(km_planner *p, size_t state_bytes, double ms) {
     p->n_restore_obs++;
 }
 
-void km_planner_link(const km_planner *p, double *rtt_ms, double *bytes_per_ms) {
+void km_linkfit_params(const km_linkfit *p, double *rtt_ms, double *bytes_per_ms) {
     *rtt_ms = 0;
     *bytes_per_ms = 0;
-    if (p->n_link_obs == 0 || p->sx <= 0) return;
+    if (p->n_obs == 0 || p->sx <= 0) return;
     double mx = p->sx / p->sw, my = p->sy / p->sw;
     double var = p->sxx / p->sw - mx * mx;
     double slope = 0, icpt = 0;
@@ -68,14 +79,31 @@ void km_planner_link(const km_planner *p, double *rtt_ms, double *bytes_per_ms) 
     *bytes_per_ms = 1.0 / slope;
 }
 
-km_plan_estimate km_planner_estimate(const km_planner *p, size_t state_bytes, int n_tokens) {
-    km_plan_estimate e = {0, 0, false};
+double km_linkfit_fetch_ms(const km_linkfit *l, size_t state_bytes) {
     double rtt, bpm;
-    km_planner_link(p, &rtt, &bpm);
-    if (bpm > 0) e.fetch_ms = rtt + (double)state_bytes * p->wire_ratio / bpm + (double)state_bytes * p->restore_ms_per_byte;
+    km_linkfit_params(l, &rtt, &bpm);
+    return bpm > 0 ? rtt + (double)state_bytes * l->wire_ratio / bpm : -1;
+}
+
+void km_planner_link(const km_planner *p, double *rtt_ms, double *bytes_per_ms) {
+    km_linkfit_params(&p->link, rtt_ms, bytes_per_ms);
+}
+
+double km_planner_prefill_ms(const km_planner *p, int n_tokens) {
+    return p->prefill_tok_per_ms > 0 ? n_tokens / p->prefill_tok_per_ms : -1;
+}
+
+km_plan_estimate km_planner_estimate_via(const km_planner *p, const km_linkfit *link, size_t state_bytes, int n_tokens) {
+    km_plan_estimate e = {0, 0, false};
+    double move = km_linkfit_fetch_ms(link, state_bytes);
+    if (move >= 0) e.fetch_ms = move + (double)state_bytes * p->restore_ms_per_byte;
     if (p->prefill_tok_per_ms > 0) e.recompute_ms = n_tokens / p->prefill_tok_per_ms;
-    e.known = bpm > 0 && p->prefill_tok_per_ms > 0;
+    e.known = move >= 0 && p->prefill_tok_per_ms > 0;
     return e;
+}
+
+km_plan_estimate km_planner_estimate(const km_planner *p, size_t state_bytes, int n_tokens) {
+    return km_planner_estimate_via(p, &p->link, state_bytes, n_tokens);
 }
 
 bool km_planner_should_fetch(const km_plan_estimate *e) { return !e->known || e->fetch_ms < e->recompute_ms; }

@@ -7,9 +7,9 @@
  * planner before each remote GET, using rates measured on this device:
  *
  *   prefill    tokens/ms of this context (EWMA over prefills of >= 8 tokens)
- *   link       time = rtt + bytes / bandwidth, fitted by exponentially
- *              weighted least squares over recent GETs of different sizes
- *   wire ratio bytes on the wire / state bytes (compressed blobs)
+ *   link       per remote holder (km_linkfit): time = rtt + bytes / bandwidth,
+ *              fitted by exponentially weighted least squares over recent
+ *              GETs of different sizes; wire bytes / state bytes
  *   restore    ms per state byte (decompress + validate + import)
  *
  * Until a rate has been measured the planner assumes fetching pays (what the
@@ -21,16 +21,35 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+/* A measured link to one remote holder of states (the Redis tier, a peer):
+ * GET time = rtt + wire bytes / bandwidth, fitted by exponentially weighted
+ * least squares over recent GETs of different sizes, and the wire bytes per
+ * state byte of what it sends (compressed blobs). Plain data; whoever shares
+ * one between threads locks around it. */
+typedef struct km_linkfit {
+    double sw, sx, sy, sxx, sxy; /* weighted sums over (wire bytes, ms) */
+    int n_obs;
+    double wire_ratio;           /* EWMA, starts at 1 */
+    int n_wire_obs;
+} km_linkfit;
+
+void km_linkfit_init(km_linkfit *l);
+/* Record a GET that moved `bytes` on the wire in ms (round trip included). */
+void km_linkfit_observe_fetch(km_linkfit *l, size_t bytes, double ms);
+/* Record a fetched blob's size on the wire against its state size. */
+void km_linkfit_observe_wire(km_linkfit *l, size_t wire_bytes, size_t state_bytes);
+/* The fitted model: round trip in ms and bytes per ms (0 if unknown). */
+void km_linkfit_params(const km_linkfit *l, double *rtt_ms, double *bytes_per_ms);
+/* Estimated time to move a state of state_bytes over this link; < 0 if unknown. */
+double km_linkfit_fetch_ms(const km_linkfit *l, size_t state_bytes);
+
 typedef struct km_planner {
     /* prefill */
     double prefill_tok_per_ms;  /* EWMA; 0 = not measured yet */
     int n_prefill_obs;
-    /* link fit: weighted sums over (bytes, ms) observations */
-    double sw, sx, sy, sxx, sxy;
-    int n_link_obs;
-    /* wire bytes per state byte (EWMA, starts at 1) and restore ms per state byte */
-    double wire_ratio;
-    int n_wire_obs;
+    /* the link to the Redis tier (peers' links are kept by the mesh) */
+    km_linkfit link;
+    /* restore ms per state byte (decompress + validate + import) */
     double restore_ms_per_byte;
     int n_restore_obs;
 } km_planner;
@@ -56,8 +75,12 @@ void km_planner_observe_restore(km_planner *p, size_t state_bytes, double ms);
 void km_planner_link(const km_planner *p, double *rtt_ms, double *bytes_per_ms);
 
 /* Estimate fetching a state of state_bytes that holds n_tokens tokens vs
- * prefilling those tokens here. */
+ * prefilling those tokens here, over the Redis tier's link. */
 km_plan_estimate km_planner_estimate(const km_planner *p, size_t state_bytes, int n_tokens);
+/* The same over another link (a peer's). */
+km_plan_estimate km_planner_estimate_via(const km_planner *p, const km_linkfit *link, size_t state_bytes, int n_tokens);
+/* Estimated ms to prefill n_tokens here; < 0 if the rate is not measured yet. */
+double km_planner_prefill_ms(const km_planner *p, int n_tokens);
 
 /* The decision: true if the fetch is estimated to be faster (or unknown). */
 bool km_planner_should_fetch(const km_plan_estimate *e);

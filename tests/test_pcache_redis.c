@@ -191,7 +191,7 @@ static void test_planner_fetches_only_when_faster(void **state) {
     assert_int_equal(rep.hit_tier, KM_TIER_REDIS);
     assert_int_equal(rep.n_remote_gets, 1);
     assert_int_equal(rep.n_planned_skips, 0);
-    assert_true(slow_device.n_link_obs == 3); /* the GET taught it */
+    assert_true(slow_device.link.n_obs == 3); /* the GET taught it */
     dev_close(&a);
     dev_close(&b);
     dev_close(&c);

@@ -81,12 +81,41 @@ static void test_wire_ratio_and_restore_cost(void **state) {
     assert_true(fabs(p.prefill_tok_per_ms - (0.1 + 0.3 * (0.2 - 0.1))) < 1e-12);
 }
 
+/* Each remote holder has its own link: a peer's fit does not move the Redis
+ * tier's, and the estimate uses the link it is asked about. */
+static void test_estimate_via_another_link(void **state) {
+    (void)state;
+    km_planner p;
+    km_planner_init(&p);
+    km_planner_observe_prefill(&p, 100, 1000); /* 0.1 tokens/ms */
+    km_planner_observe_restore(&p, 1000000, 1.0);
+    km_linkfit peer;
+    km_linkfit_init(&peer);
+    assert_true(km_linkfit_fetch_ms(&peer, 1000) < 0); /* nothing measured */
+    km_plan_estimate e = km_planner_estimate_via(&p, &peer, 1000000, 50);
+    assert_false(e.known);
+    assert_true(km_planner_should_fetch(&e));
+    /* 2 ms round trip + 10 bytes/ms */
+    km_linkfit_observe_fetch(&peer, 1000, 102.0);
+    km_linkfit_observe_fetch(&peer, 5000, 502.0);
+    double rtt, bpm;
+    km_linkfit_params(&peer, &rtt, &bpm);
+    assert_true(fabs(rtt - 2.0) < 1e-6 && fabs(bpm - 10.0) < 1e-9);
+    assert_int_equal(p.link.n_obs, 0);
+    e = km_planner_estimate_via(&p, &peer, 1000, 50);
+    assert_true(e.known);
+    assert_true(fabs(e.fetch_ms - (2.0 + 100.0 + 0.001)) < 1e-6);
+    assert_true(fabs(km_planner_prefill_ms(&p, 50) - 500.0) < 1e-9);
+    assert_false(km_planner_estimate(&p, 1000, 50).known); /* the Redis link is still unknown */
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_unknown_rates_assume_fetch),
         cmocka_unit_test(test_link_fit_recovers_rtt_and_bandwidth),
         cmocka_unit_test(test_one_size_falls_back_to_per_byte),
         cmocka_unit_test(test_wire_ratio_and_restore_cost),
+        cmocka_unit_test(test_estimate_via_another_link),
     };
     return cmocka_run_group_tests_name("planner", tests, NULL, NULL);
 }
