@@ -89,7 +89,7 @@ static int one_request(km_ctx *c, km_store *store, char **segs, int n_segs, int 
     if (keys_out) {
         int32_t *toks;
         int n, *ends;
-        if (km_tokenize_segments(km_ctx_model(c), req.segs, n_segs, &toks, &n, &ends, &err) != 0) return -1;
+        if (km_tokenize_segments(km_ctx_model(c), req.segs, n_segs, false, &toks, &n, &ends, &err) != 0) return -1;
         int *bounds = malloc((size_t)n * sizeof *bounds);
         *nb_out = km_boundaries(ends, n_segs, n, 0, bounds);
         *keys_out = malloc((size_t)*nb_out * sizeof **keys_out);

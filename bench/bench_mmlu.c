@@ -144,7 +144,7 @@ static int prompt_make(const km_mmlu *mm, const km_model *m, int k, int j, promp
     const km_mmlu_item *q = &s->test[(j / mm->n_subjects) % s->n_test];
     p->n_segs = km_mmlu_prompt_segments(s, k, q, p->segs);
     if (p->n_segs < 0) return km_error_set(err, "out of memory");
-    if (km_tokenize_segments(m, (const char *const *)p->segs, p->n_segs, &p->tokens, &p->n_tokens, &p->ends, err) != 0)
+    if (km_tokenize_segments(m, (const char *const *)p->segs, p->n_segs, false, &p->tokens, &p->n_tokens, &p->ends, err) != 0)
         return -1;
     p->bounds = malloc((size_t)p->n_tokens * sizeof *p->bounds);
     p->n_bounds = km_boundaries(p->ends, p->n_segs, p->n_tokens, 0, p->bounds);

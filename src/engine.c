@@ -121,15 +121,16 @@ void km_model_describe(const km_model *m, char *buf, size_t len) {
              llama_model_n_layer(m->lm), llama_model_n_embd(m->lm), km_model_n_vocab(m), km_model_n_swa(m));
 }
 
-int km_tokenize(const km_model *m, const char *text, size_t len, bool add_bos, int32_t **out, int *n_out,
+int km_tokenize(const km_model *m, const char *text, size_t len, unsigned flags, int32_t **out, int *n_out,
                 km_error *err) {
+    bool add_bos = flags & KM_TOKENIZE_BOS, special = flags & KM_TOKENIZE_SPECIAL;
     *out = NULL;
     *n_out = 0;
     if (len > (size_t)INT32_MAX / 2) return km_error_set(err, "text too long to tokenize (%zu bytes)", len);
     int cap = (int)len + 8;
     int32_t *toks = malloc((size_t)cap * sizeof *toks);
     if (!toks) return km_error_set(err, "out of memory tokenizing %zu bytes", len);
-    int n = llama_tokenize(m->vocab, text, (int32_t)len, toks, cap, add_bos, false);
+    int n = llama_tokenize(m->vocab, text, (int32_t)len, toks, cap, add_bos, special);
     if (n < 0) { /* cannot happen with cap > len + BOS, but be safe */
         cap = -n;
         int32_t *t2 = realloc(toks, (size_t)cap * sizeof *toks);
@@ -138,7 +139,7 @@ int km_tokenize(const km_model *m, const char *text, size_t len, bool add_bos, i
             return km_error_set(err, "out of memory tokenizing");
         }
         toks = t2;
-        n = llama_tokenize(m->vocab, text, (int32_t)len, toks, cap, add_bos, false);
+        n = llama_tokenize(m->vocab, text, (int32_t)len, toks, cap, add_bos, special);
     }
     if (n < 0) {
         free(toks);

@@ -58,9 +58,13 @@ int km_model_n_swa(const km_model *m);
 /* One-line description (architecture, size, params) for logs. */
 void km_model_describe(const km_model *m, char *buf, size_t len);
 
-/* Tokenize text; *out is malloc'd. add_bos: prepend BOS if the model wants one.
- * Returns 0 or -1. */
-int km_tokenize(const km_model *m, const char *text, size_t len, bool add_bos, int32_t **out, int *n_out, km_error *err);
+/* Tokenize text; *out is malloc'd. flags: KM_TOKENIZE_BOS prepends BOS if the
+ * model wants one; KM_TOKENIZE_SPECIAL turns special-token text (e.g.
+ * "<start_of_turn>") into those tokens -- for text made by a chat template,
+ * never for raw user text. Returns 0 or -1. */
+enum { KM_TOKENIZE_BOS = 1u, KM_TOKENIZE_SPECIAL = 2u };
+int km_tokenize(const km_model *m, const char *text, size_t len, unsigned flags, int32_t **out, int *n_out,
+                km_error *err);
 /* Text of one token into buf (NUL-terminated, truncated to len); returns its length. */
 int km_token_piece(const km_model *m, int32_t token, char *buf, int len);
 bool km_token_is_eog(const km_model *m, int32_t token);

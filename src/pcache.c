@@ -369,15 +369,16 @@ int km_pcache_prefill(km_ctx *c, km_store *store, int seq, const int32_t *tokens
     return rc;
 }
 
-int km_tokenize_segments(const km_model *m, const char *const *segs, int n_segs, int32_t **tokens, int *n_tokens,
-                         int **seg_ends, km_error *err) {
+int km_tokenize_segments(const km_model *m, const char *const *segs, int n_segs, bool special, int32_t **tokens,
+                         int *n_tokens, int **seg_ends, km_error *err) {
     int32_t *all = NULL;
     int n_all = 0;
     int *ends = malloc((size_t)(n_segs > 0 ? n_segs : 1) * sizeof *ends);
     for (int i = 0; i < n_segs; i++) {
         int32_t *t;
         int n;
-        if (km_tokenize(m, segs[i], strlen(segs[i]), i == 0, &t, &n, err) != 0) {
+        unsigned flags = (i == 0 ? KM_TOKENIZE_BOS : 0u) | (special ? KM_TOKENIZE_SPECIAL : 0u);
+        if (km_tokenize(m, segs[i], strlen(segs[i]), flags, &t, &n, err) != 0) {
             free(all);
             free(ends);
             return -1;
@@ -447,7 +448,7 @@ int km_pcache_run(km_ctx *c, km_store *store, int seq, const km_request *req, km
     double t0 = km_now_ms();
     int32_t *tokens = NULL;
     int n = 0, *ends = NULL, rc = -1;
-    if (km_tokenize_segments(km_ctx_model(c), req->segs, req->n_segs, &tokens, &n, &ends, err) != 0) return -1;
+    if (km_tokenize_segments(km_ctx_model(c), req->segs, req->n_segs, req->special, &tokens, &n, &ends, err) != 0) return -1;
     if (n == 0) {
         free(tokens);
         free(ends);

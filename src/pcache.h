@@ -130,6 +130,7 @@ typedef struct km_request {
     const char *const *segs;   /* prompt text, as segments */
     int n_segs;
     bool segment_bounds;       /* boundaries at segment ends; else fixed blocks */
+    bool special;              /* segments are chat-template output: parse special tokens */
     int block_size;            /* fixed-block size when !segment_bounds (0: none) */
     km_sampling sampling;
     int n_predict;
@@ -151,8 +152,9 @@ int km_pcache_run(km_ctx *c, km_store *store, int seq, const km_request *req, km
 /* Tokenize a prompt given as text segments: each segment is tokenized on its
  * own (BOS before the first) and the results concatenated, so a segment's
  * tokens never depend on the text that follows it and equal prefixes give
- * equal keys. *seg_ends gets the token offset where each segment ends. */
-int km_tokenize_segments(const km_model *m, const char *const *segs, int n_segs, int32_t **tokens, int *n_tokens,
-                         int **seg_ends, km_error *err);
+ * equal keys. *seg_ends gets the token offset where each segment ends.
+ * special: parse special-token text (prompts made by a chat template). */
+int km_tokenize_segments(const km_model *m, const char *const *segs, int n_segs, bool special, int32_t **tokens,
+                         int *n_tokens, int **seg_ends, km_error *err);
 
 #endif

@@ -360,7 +360,7 @@ static void test_tokenize_and_fingerprint(void **state) {
     assert_memory_not_equal(km_model_fingerprint(a), km_model_fingerprint(b), KM_FINGERPRINT_LEN);
     int32_t *t;
     int n;
-    assert_int_equal(km_tokenize(a, "Hello world", 11, true, &t, &n, &err), 0);
+    assert_int_equal(km_tokenize(a, "Hello world", 11, KM_TOKENIZE_BOS, &t, &n, &err), 0);
     assert_true(n >= 2);
     assert_int_equal(t[0], 2); /* Gemma BOS */
     char buf[64], text[256] = "";

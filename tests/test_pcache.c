@@ -32,7 +32,7 @@ static void setup_fixture(fixture *f, const char *model) {
                            "Which animal says meow?\nA. dog\nB. cat\nC. cow\nD. fish\nAnswer: B\n\n",
                            "Which animal purrs?\nA. cat\nB. dog\nC. bird\nD. ant\nAnswer:"};
     int *ends;
-    assert_int_equal(km_tokenize_segments(f->m, segs, 3, &f->toks, &f->n, &ends, &err), 0);
+    assert_int_equal(km_tokenize_segments(f->m, segs, 3, false, &f->toks, &f->n, &ends, &err), 0);
     f->nb = km_boundaries(ends, 2, f->n, 0, f->bounds);
     assert_int_equal(f->nb, 3);
     free(ends);
@@ -81,7 +81,7 @@ static void test_longest_prefix_and_partial(void **state) {
                            "What do cats chase?\nA. mice\nB. cars\nC. rain\nD. stars\nAnswer:"};
     int32_t *t2;
     int n2, *ends, b2[8];
-    assert_int_equal(km_tokenize_segments(f.m, segs, 3, &t2, &n2, &ends, &err), 0);
+    assert_int_equal(km_tokenize_segments(f.m, segs, 3, false, &t2, &n2, &ends, &err), 0);
     int nb2 = km_boundaries(ends, 2, n2, 0, b2);
     assert_int_equal(km_pcache_prefill(f.c, st, 0, t2, n2, b2, nb2, NULL, &rep, &err), 0);
     assert_int_equal(rep.hit_index, 1);
@@ -317,8 +317,8 @@ static void test_hint_not_used_for_other_last_token_or_sampling(void **state) {
     const char *other[3] = {hint_segs[0], hint_segs[1], "Which animal purrs?\nA. cat\nB. dog\nC. bird\nD. ant\nAnswer?"};
     int32_t *ta, *tb;
     int na, nb2, *ea, *eb;
-    assert_int_equal(km_tokenize_segments(f.m, hint_segs, 3, &ta, &na, &ea, &err), 0);
-    assert_int_equal(km_tokenize_segments(f.m, other, 3, &tb, &nb2, &eb, &err), 0);
+    assert_int_equal(km_tokenize_segments(f.m, hint_segs, 3, false, &ta, &na, &ea, &err), 0);
+    assert_int_equal(km_tokenize_segments(f.m, other, 3, false, &tb, &nb2, &eb, &err), 0);
     assert_int_equal(na, nb2);
     assert_memory_equal(ta, tb, (size_t)(na - 1) * sizeof *ta);
     assert_int_not_equal(ta[na - 1], tb[na - 1]);

@@ -33,7 +33,7 @@ static int group_setup(void **state) {
     const char *segs[3] = {"You answer questions about trains.\n\n", "Q: How fast is a TGV?\nA: 320 km/h\n\n",
                            "Q: How long is the Channel Tunnel?\nA:"};
     int *ends;
-    km_tokenize_segments(model, segs, 3, &toks, &n_toks, &ends, &err);
+    km_tokenize_segments(model, segs, 3, false, &toks, &n_toks, &ends, &err);
     nb = km_boundaries(ends, 3, n_toks, 0, bounds);
     free(ends);
     nv = km_model_n_vocab(model);
