@@ -228,6 +228,7 @@ struct km_store {
     pthread_t writer;
     uint64_t disk_gen;
     bool warned; /* disk write errors are logged once, then only counted */
+    uint64_t changes;  /* bumped by every put, remove and eviction (km_store_keys) */
     km_store_stats st; /* counters; sizes are read off the lrus */
 };
 
@@ -263,6 +264,7 @@ static void ram_evict(km_store *s) {
         lru_remove(&s->ram, n);
         node_free(n);
         s->st.ram_evictions++;
+        s->changes++;
     }
 }
 
@@ -478,6 +480,7 @@ static void *writer_main(void *arg) {
         pthread_mutex_lock(&s->lock);
         km_key *victims;
         size_t nv = disk_pick_victims(s, &j->key, len, &victims);
+        if (nv) s->changes++;
         pthread_mutex_unlock(&s->lock);
 
         unlink_keys(s, victims, nv);
@@ -691,6 +694,7 @@ int km_store_put(km_store *s, km_key key, const uint8_t *blob, size_t len, km_er
     if (to_disk) queue_put(s, key, b);
     else if (s->dir) disk_forget(s, key); /* an older blob must not outlive this put */
     buf_unref(b);
+    s->changes++;
     pthread_mutex_unlock(&s->lock);
     return 0;
 }
@@ -790,7 +794,36 @@ void km_store_remove(km_store *s, km_key key) {
     pthread_mutex_lock(&s->lock);
     ram_drop(s, key);
     if (s->dir) disk_forget(s, key);
+    s->changes++;
     pthread_mutex_unlock(&s->lock);
+}
+
+uint64_t km_store_changes(km_store *s) {
+    pthread_mutex_lock(&s->lock);
+    uint64_t c = s->changes;
+    pthread_mutex_unlock(&s->lock);
+    return c;
+}
+
+int km_store_keys(km_store *s, km_key **keys, size_t *n, uint64_t *changes) {
+    pthread_mutex_lock(&s->lock);
+    size_t cap = (size_t)s->ram.count + (size_t)s->disk.count + 1;
+    for (const job *j = s->qhead; j; j = j->next) cap++;
+    if (s->writing) cap++;
+    km_key *out = malloc(cap * sizeof *out);
+    size_t k = 0;
+    if (out) {
+        for (const node *e = s->ram.head; e; e = e->next) out[k++] = e->key;
+        for (const job *j = s->qhead; j; j = j->next) out[k++] = j->key;
+        if (s->writing && !s->writing->cancelled) out[k++] = s->writing->key;
+        if (s->dir)
+            for (const node *e = s->disk.head; e; e = e->next) out[k++] = e->key;
+    }
+    if (changes) *changes = s->changes;
+    pthread_mutex_unlock(&s->lock);
+    *keys = out;
+    *n = k;
+    return out ? 0 : -1;
 }
 
 void km_store_flush(km_store *s) {

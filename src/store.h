@@ -65,6 +65,14 @@ bool km_store_contains(km_store *s, km_key key);
 /* Delete from both tiers (e.g. a blob that failed validation). */
 void km_store_remove(km_store *s, km_key key);
 
+/* Every key held now (RAM, queued, on disk; a key may appear twice), for
+ * rebuilding a catalog; *keys malloc'd. *changes (may be NULL) gets the
+ * change counter the list corresponds to. Returns -1 when out of memory. */
+int km_store_keys(km_store *s, km_key **keys, size_t *n, uint64_t *changes);
+/* A counter bumped by every put, remove and eviction: a catalog built at
+ * one value is stale once it moved. */
+uint64_t km_store_changes(km_store *s);
+
 /* Wait until every queued disk write has completed. */
 void km_store_flush(km_store *s);
 

@@ -963,6 +963,55 @@ static void test_disk_budget_compressed(void **state) {
     free(blob);
 }
 
+/* km_store_keys lists every key held (RAM, queued, disk; after a restart the
+ * disk ones), and the change counter moves with puts, removes and evictions:
+ * what the node rebuilds its gossiped catalog from. */
+static bool keys_hold(const km_key *keys, size_t n, km_key k) {
+    for (size_t i = 0; i < n; i++)
+        if (km_key_equal(keys[i], k)) return true;
+    return false;
+}
+
+static void test_keys_and_changes(void **state) {
+    const char *dir = *state;
+    km_key k[3] = {mkkey(9, 1), mkkey(9, 2), mkkey(9, 3)};
+    km_store *s = open_store(1 << 20, dir, 0);
+    uint64_t c0 = km_store_changes(s);
+    for (int i = 0; i < 3; i++) put_blob(s, k[i], 1000);
+    assert_true(km_store_changes(s) >= c0 + 3);
+    km_key *keys;
+    size_t n;
+    uint64_t c1;
+    assert_int_equal(km_store_keys(s, &keys, &n, &c1), 0);
+    for (int i = 0; i < 3; i++) assert_true(keys_hold(keys, n, k[i]));
+    free(keys);
+    km_store_remove(s, k[1]);
+    assert_true(km_store_changes(s) > c1);
+    km_store_flush(s);
+    assert_int_equal(km_store_keys(s, &keys, &n, NULL), 0);
+    assert_true(keys_hold(keys, n, k[0]) && !keys_hold(keys, n, k[1]) && keys_hold(keys, n, k[2]));
+    free(keys);
+    km_store_close(s);
+
+    s = open_store(0, dir, 0); /* no RAM tier: the disk index alone */
+    assert_int_equal(km_store_keys(s, &keys, &n, NULL), 0);
+    assert_int_equal(n, 2);
+    assert_true(keys_hold(keys, n, k[0]) && keys_hold(keys, n, k[2]));
+    free(keys);
+    km_store_close(s);
+
+    s = open_store(1500, NULL, 0); /* RAM only, room for one: the older is evicted */
+    put_blob(s, k[0], 1000);
+    uint64_t c2 = km_store_changes(s);
+    put_blob(s, k[1], 1000);
+    assert_true(km_store_changes(s) >= c2 + 2); /* the put and the eviction */
+    assert_int_equal(km_store_keys(s, &keys, &n, NULL), 0);
+    assert_int_equal(n, 1);
+    assert_true(km_key_equal(keys[0], k[1]));
+    free(keys);
+    km_store_close(s);
+}
+
 int main(void) {
     km_log_level = 0;
     const struct CMUnitTest tests[] = {
@@ -981,6 +1030,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_concurrency, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_disk_compression, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_disk_budget_compressed, setup_dir, teardown_dir),
+        cmocka_unit_test_setup_teardown(test_keys_and_changes, setup_dir, teardown_dir),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
