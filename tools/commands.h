@@ -12,6 +12,7 @@ int cmd_bench_link(int argc, char **argv); /* bench/bench_link.c, dispatched by 
 int cmd_bench_mmlu(int argc, char **argv); /* bench/bench_mmlu.c */
 int cmd_demo(int argc, char **argv);
 int cmd_catalog(int argc, char **argv);
+int cmd_node(int argc, char **argv);
 
 /* Default location of the vocab GGUFs (llama.cpp's models/ggml-vocab-*.gguf):
  * $KVMESH_VOCAB_DIR, else the directory the build was configured with. */

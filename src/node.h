@@ -1,0 +1,117 @@
+/* node.h -- a serving node: one model, a bounded queue, N contexts at work.
+ *
+ *   submit -> queue (bounded: full = refused, the caller answers 503) ->
+ *   one of n_parallel workers, each with its own llama context and planner ->
+ *   km_pcache_run (local store, Redis tier, peers) -> tokens -> the job
+ *
+ * A job is the handle between the thread that submitted a request (an HTTP
+ * connection) and the worker computing it: the worker appends text, the
+ * submitter waits for it (km_job_wait), so streaming and plain responses are
+ * the same code. Text is released only when it is final: never half a UTF-8
+ * character, never the beginning of what may turn into a stop string.
+ *
+ * Nothing accepted is lost: a job is finished exactly once -- completed,
+ * failed with a message, or cancelled (client gone, node stopping) -- and
+ * km_node_shutdown lets running jobs finish and fails the queued ones;
+ * km_node_free then flushes the write-behind uploads and keeps the disk cache. */
+#ifndef KVMESH_NODE_H
+#define KVMESH_NODE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "catalog.h"
+#include "engine.h"
+#include "metrics.h"
+#include "pcache.h"
+#include "store.h"
+
+typedef struct km_node km_node;
+typedef struct km_job km_job;
+
+typedef struct km_node_params {
+    const char *model_path;
+    int n_parallel;         /* requests computed at once, one context each (default 1) */
+    int queue_max;          /* requests waiting for a context; beyond: refused (default 16) */
+    km_ctx_params ctx;      /* per context: n_ctx, threads, KV type, slowdown */
+    km_store_params store;  /* local tiers (disk_dir = --cache-dir) */
+    const char *store_url;  /* Redis tier (NULL: none) */
+    const char *link_spec;  /* emulated link for Redis and peer traffic (NULL: none) */
+    const char *salt;       /* key-space salt (NULL: none) */
+    int block_size;         /* cache every N tokens of prompts without segments (default 256) */
+    km_catalog_params catalog; /* the catalog of this node's states (gossiped to peers) */
+} km_node_params;
+
+km_node_params km_node_default_params(void);
+
+/* Load the model, create the contexts, open the stores, start the workers.
+ * metrics (may be NULL) gets the node's series. */
+km_node *km_node_start(const km_node_params *p, km_metrics *metrics, km_error *err);
+/* Stop taking jobs: running ones finish, queued ones are finished as
+ * cancelled; returns when the workers are idle. Idempotent. */
+void km_node_shutdown(km_node *n);
+/* Shut down if not done yet, flush uploads and disk writes, free. */
+void km_node_free(km_node *n);
+
+km_model *km_node_model(km_node *n);
+/* The model's name for the API (file name without .gguf). */
+const char *km_node_model_name(const km_node *n);
+km_store *km_node_store(km_node *n);
+
+/* ---- requests ---- */
+
+typedef struct km_job_spec {
+    const char *const *segs; /* prompt text as segments (copied) */
+    int n_segs;
+    bool special;            /* chat-template output: parse special tokens */
+    km_sampling sampling;
+    int n_predict;           /* tokens at most (the context bounds it too) */
+    const char *const *stop; /* stop strings (copied; at most 4 of at most 64 bytes) */
+    int n_stop;
+} km_job_spec;
+
+typedef enum km_finish {
+    KM_FINISH_RUNNING = 0,
+    KM_FINISH_STOP,      /* end of generation or a stop string */
+    KM_FINISH_LENGTH,    /* n_predict reached */
+    KM_FINISH_ERROR,     /* failed: see message */
+    KM_FINISH_CANCELLED, /* km_job_cancel or the node stopping */
+} km_finish;
+
+typedef struct km_job_status {
+    km_finish finish;
+    size_t text_len;     /* final text so far */
+    int n_prompt;        /* tokens of the prompt (once prefilled) */
+    int n_generated;
+    double queue_ms;     /* submit -> a worker took it */
+    km_result result;    /* valid once finished (timings count from the worker's start) */
+    bool bad_request;    /* an error caused by the request itself (e.g. too long) */
+    char error[512]; /* as km_error */
+} km_job_status;
+
+/* Queue a request. NULL with err set when the queue is full (*busy = true:
+ * answer 503 and retry later) or the spec is invalid (*busy = false). The
+ * job is owned by the caller: km_job_release it when done. */
+km_job *km_node_submit(km_node *n, const km_job_spec *spec, bool *busy, km_error *err);
+
+/* Wait (at most timeout_ms; < 0 forever) until text past `seen` bytes is
+ * final or the job has finished; *chunk (malloc'd, may be NULL) gets that
+ * text. Returns 1 when finished and everything was handed out, 0 otherwise. */
+int km_job_wait(km_job *j, size_t seen, int timeout_ms, char **chunk, size_t *chunk_len, km_job_status *st);
+/* Stop the job at the next token (client went away); it finishes as cancelled. */
+void km_job_cancel(km_job *j);
+void km_job_release(km_job *j);
+
+/* ---- state for the API and the mesh ---- */
+
+typedef struct km_node_load {
+    int queued, running, parallel, queue_max;
+    double prefill_tok_s; /* measured (0 until known) */
+} km_node_load;
+
+km_node_load km_node_get_load(km_node *n);
+/* The Bloom catalog of this node's local states, encoded (*out malloc'd). */
+int km_node_catalog(km_node *n, uint8_t **out, size_t *len, uint64_t *version, km_error *err);
+
+#endif

@@ -1,0 +1,627 @@
+/* test_api.c -- `kvmesh node`'s HTTP API, end to end: a real node process on
+ * a loopback port, driven with libcurl. Greedy requests make exact checks
+ * possible: the same prompt gives the same text cold, cached, streamed or
+ * not; the second time its state comes from the cache (timings say so). */
+#include "testutil.h"
+
+#include <curl/curl.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+/* ------------------------------------------------------------ a node */
+
+typedef struct node_proc {
+    pid_t pid;
+    int port;
+    char *dir; /* temp dir: port file, cache dir, key file */
+    char url[64];
+} node_proc;
+
+/* Start kvmesh node on 127.0.0.1:0 with extra arguments (NULL-terminated). */
+static node_proc node_start(const char *first, ...) {
+    node_proc n = {0};
+    n.dir = tu_tmpdir();
+    char port_file[4200];
+    snprintf(port_file, sizeof port_file, "%s/port", n.dir);
+    const char *argv[40];
+    int k = 0;
+    argv[k++] = tu_kvmesh_bin();
+    argv[k++] = "node";
+    argv[k++] = "--model";
+    argv[k++] = tu_model("tiny-f16.gguf");
+    argv[k++] = "--listen";
+    argv[k++] = "127.0.0.1:0";
+    argv[k++] = "--port-file";
+    argv[k++] = port_file;
+    va_list ap;
+    va_start(ap, first);
+    for (const char *a = first; a && k < 38; a = va_arg(ap, const char *)) argv[k++] = a;
+    va_end(ap);
+    argv[k] = NULL;
+    n.pid = fork();
+    if (n.pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        execv(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    for (int i = 0; i < 600; i++) { /* up to 60 s (sanitizer builds load slowly) */
+        FILE *f = fopen(port_file, "r");
+        if (f) {
+            int ok = fscanf(f, "%d", &n.port);
+            fclose(f);
+            if (ok == 1 && n.port > 0) break;
+        }
+        int st;
+        if (waitpid(n.pid, &st, WNOHANG) == n.pid) fail_msg("kvmesh node exited early (status %d)", st);
+        usleep(100000);
+    }
+    if (n.port <= 0) fail_msg("kvmesh node did not start");
+    snprintf(n.url, sizeof n.url, "http://127.0.0.1:%d", n.port);
+    return n;
+}
+
+/* SIGTERM, wait; returns the exit status. */
+static int node_stop(node_proc *n) {
+    int st = -1;
+    if (n->pid > 0) {
+        kill(n->pid, SIGTERM);
+        waitpid(n->pid, &st, 0);
+        n->pid = 0;
+    }
+    tu_rmtree(n->dir);
+    free(n->dir);
+    return st;
+}
+
+/* ------------------------------------------------------------ HTTP */
+
+typedef struct resp {
+    long status;
+    char *body;
+    size_t len;
+    char retry_after[16];
+} resp;
+
+static size_t on_body(char *p, size_t sz, size_t nm, void *ud) {
+    resp *r = ud;
+    size_t n = sz * nm;
+    r->body = realloc(r->body, r->len + n + 1);
+    memcpy(r->body + r->len, p, n);
+    r->len += n;
+    r->body[r->len] = '\0';
+    return n;
+}
+
+static size_t on_header(char *p, size_t sz, size_t nm, void *ud) {
+    resp *r = ud;
+    size_t n = sz * nm;
+    if (n > 13 && strncasecmp(p, "Retry-After: ", 13) == 0) snprintf(r->retry_after, sizeof r->retry_after, "%.*s", (int)(n - 15), p + 13);
+    return n;
+}
+
+static resp http(const node_proc *n, const char *method, const char *path, const char *body, const char *auth) {
+    resp r = {0};
+    r.body = calloc(1, 1);
+    CURL *c = curl_easy_init();
+    char url[256];
+    snprintf(url, sizeof url, "%s%s", n->url, path);
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
+    struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
+    char ah[256];
+    if (auth) {
+        snprintf(ah, sizeof ah, "Authorization: Bearer %s", auth);
+        h = curl_slist_append(h, ah);
+    }
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+    if (body) curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &r);
+    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(c, CURLOPT_HEADERDATA, &r);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT, 300L);
+    CURLcode rc = curl_easy_perform(c);
+    if (rc != CURLE_OK) fail_msg("%s %s: %s", method, path, curl_easy_strerror(rc));
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r.status);
+    curl_slist_free_all(h);
+    curl_easy_cleanup(c);
+    return r;
+}
+
+static json_t *parse(const resp *r) {
+    json_error_t e;
+    json_t *j = json_loads(r->body, 0, &e);
+    if (!j) fail_msg("response is not JSON (%s): %.200s", e.text, r->body);
+    return j;
+}
+
+/* The error object of an OpenAI-style error response. */
+static void expect_error(const resp *r, long status, const char *type, const char *msg_part) {
+    if (r->status != status) fail_msg("status %ld, expected %ld: %.300s", r->status, status, r->body);
+    json_t *j = parse(r);
+    json_t *e = json_object_get(j, "error");
+    assert_non_null(e);
+    assert_string_equal(json_string_value(json_object_get(e, "type")), type);
+    const char *m = json_string_value(json_object_get(e, "message"));
+    if (!m || !strstr(m, msg_part)) fail_msg("error message '%s' lacks '%s'", m ? m : "(none)", msg_part);
+    json_decref(j);
+}
+
+/* Server-sent events: the concatenated text, the number of data events, and
+ * the closing chunk (with finish_reason and timings). */
+typedef struct sse {
+    char text[8192];
+    int n_events, n_usage;
+    bool done;
+    bool first_has_role;
+    json_t *last; /* the chunk with finish_reason */
+} sse;
+
+static void parse_sse(const char *body, bool chat, sse *s) {
+    memset(s, 0, sizeof *s);
+    const char *p = body;
+    while ((p = strstr(p, "data: "))) {
+        p += 6;
+        const char *end = strstr(p, "\n\n");
+        assert_non_null(end);
+        if (strncmp(p, "[DONE]", 6) == 0) {
+            s->done = true;
+            assert_string_equal(end + 2, ""); /* nothing after [DONE] */
+            break;
+        }
+        json_error_t e;
+        json_t *j = json_loadb(p, (size_t)(end - p), 0, &e);
+        if (!j) fail_msg("bad SSE data: %.*s", (int)(end - p), p);
+        json_t *ch = json_array_get(json_object_get(j, "choices"), 0);
+        if (!ch) { /* the usage event (stream_options.include_usage) has no choices */
+            assert_non_null(json_object_get(j, "usage"));
+            s->n_usage++;
+            json_decref(j);
+            p = end + 2;
+            continue;
+        }
+        const char *t = chat ? json_string_value(json_object_get(json_object_get(ch, "delta"), "content"))
+                             : json_string_value(json_object_get(ch, "text"));
+        if (s->n_events == 0 && chat) s->first_has_role = json_object_get(json_object_get(ch, "delta"), "role") != NULL;
+        if (t) strncat(s->text, t, sizeof s->text - strlen(s->text) - 1);
+        s->n_events++;
+        if (!json_is_null(json_object_get(ch, "finish_reason"))) {
+            json_decref(s->last);
+            s->last = j;
+        } else {
+            json_decref(j);
+        }
+        p = end + 2;
+    }
+}
+
+
+static node_proc N; /* shared by the tests that need no special node */
+
+static int group_setup(void **state) {
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    N = node_start("--ctx", "512", "--queue", "4", NULL);
+    return 0;
+}
+
+static int group_teardown(void **state) {
+    assert_int_equal(node_stop(&N), 0); /* SIGTERM: a clean exit */
+    curl_global_cleanup();
+    return 0;
+}
+
+/* ------------------------------------------------------------ tests */
+
+static void test_models_and_health(void **state) {
+    resp r = http(&N, "GET", "/v1/models", NULL, NULL);
+    assert_int_equal(r.status, 200);
+    json_t *j = parse(&r);
+    assert_string_equal(json_string_value(json_object_get(j, "object")), "list");
+    assert_string_equal(json_string_value(json_object_get(json_array_get(json_object_get(j, "data"), 0), "id")), "tiny-f16");
+    json_decref(j);
+    free(r.body);
+    r = http(&N, "GET", "/health", NULL, NULL);
+    assert_int_equal(r.status, 200);
+    j = parse(&r);
+    assert_string_equal(json_string_value(json_object_get(j, "status")), "ok");
+    json_decref(j);
+    free(r.body);
+}
+
+/* Cold, then cached: same text; the second reuses all but the last prompt
+ * token and answers its first token from the cache. */
+static void test_completion_cached_equals_cold(void **state) {
+    char body[1024];
+    snprintf(body, sizeof body, "{\"model\":\"tiny-f16\",\"prompt\":\"%s\",\"max_tokens\":8,\"temperature\":0}", "Cold and cached runs agree. Count: one two three");
+    resp a = http(&N, "POST", "/v1/completions", body, NULL);
+    assert_int_equal(a.status, 200);
+    json_t *ja = parse(&a);
+    assert_string_equal(json_string_value(json_object_get(ja, "object")), "text_completion");
+    json_t *ca = json_array_get(json_object_get(ja, "choices"), 0);
+    const char *text_a = json_string_value(json_object_get(ca, "text"));
+    json_t *ta = json_object_get(ja, "timings");
+    int prompt_n = (int)json_integer_value(json_object_get(ta, "prompt_n"));
+    assert_true(prompt_n > 5);
+    assert_int_equal(json_integer_value(json_object_get(ta, "cached_n")), 0);
+    assert_string_equal(json_string_value(json_object_get(ta, "cache_source")), "none");
+    json_t *usage = json_object_get(ja, "usage");
+    assert_int_equal(json_integer_value(json_object_get(usage, "prompt_tokens")), prompt_n);
+    int gen = (int)json_integer_value(json_object_get(usage, "completion_tokens"));
+    const char *fin = json_string_value(json_object_get(ca, "finish_reason"));
+    assert_true((gen == 8 && strcmp(fin, "length") == 0) || (gen < 8 && strcmp(fin, "stop") == 0));
+
+    resp b = http(&N, "POST", "/v1/completions", body, NULL);
+    assert_int_equal(b.status, 200);
+    json_t *jb = parse(&b);
+    json_t *cb = json_array_get(json_object_get(jb, "choices"), 0);
+    assert_string_equal(json_string_value(json_object_get(cb, "text")), text_a);
+    json_t *tb = json_object_get(jb, "timings");
+    assert_int_equal(json_integer_value(json_object_get(tb, "cached_n")), prompt_n - 1);
+    assert_string_equal(json_string_value(json_object_get(tb, "cache_source")), "local");
+    assert_true(json_is_true(json_object_get(tb, "first_token_cached")));
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(jb, "usage"), "completion_tokens")), gen);
+    json_decref(ja);
+    json_decref(jb);
+    free(a.body);
+    free(b.body);
+}
+
+/* cache_segments: a prompt sharing the first two segments reuses exactly them. */
+static void test_cache_segments_partial_hit(void **state) {
+    const char *b1 = "{\"prompt\":\"Seg one is the instruction. Seg two is an example. Seg three asks A?\","
+                     "\"cache_segments\":[\"Seg one is the instruction.\",\" Seg two is an example.\",\" Seg three asks A?\"],"
+                     "\"max_tokens\":2,\"temperature\":0}";
+    const char *b2 = "{\"cache_segments\":[\"Seg one is the instruction.\",\" Seg two is an example.\",\" Seg three asks something else?\"],"
+                     "\"max_tokens\":2,\"temperature\":0}";
+    const char *b0 = "{\"cache_segments\":[\"Seg one is the instruction.\",\" Seg two is an example.\"],\"max_tokens\":1,\"temperature\":0}";
+    resp r = http(&N, "POST", "/v1/completions", b1, NULL);
+    assert_int_equal(r.status, 200);
+    free(r.body);
+    r = http(&N, "POST", "/v1/completions", b2, NULL);
+    assert_int_equal(r.status, 200);
+    json_t *j = parse(&r);
+    json_t *t = json_object_get(j, "timings");
+    int cached = (int)json_integer_value(json_object_get(t, "cached_n"));
+    int prompt_n = (int)json_integer_value(json_object_get(t, "prompt_n"));
+    assert_string_equal(json_string_value(json_object_get(t, "cache_source")), "local");
+    json_decref(j);
+    free(r.body);
+    /* the two shared segments alone: prompt_n of that is cached + 1 (the end boundary is n - 1) */
+    r = http(&N, "POST", "/v1/completions", b0, NULL);
+    j = parse(&r);
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(j, "timings"), "prompt_n")), cached);
+    assert_true(cached < prompt_n - 1);
+    json_decref(j);
+    free(r.body);
+    /* prompt and segments that disagree */
+    r = http(&N, "POST", "/v1/completions", "{\"prompt\":\"ab\",\"cache_segments\":[\"a\",\"c\"]}", NULL);
+    expect_error(&r, 400, "invalid_request_error", "concatenation");
+    free(r.body);
+}
+
+/* Streaming gives the same text as a plain response, in events, ending
+ * with finish_reason + timings and [DONE]. */
+static void test_stream_equals_plain(void **state) {
+    const char *plain = "{\"prompt\":\"Stream me: the quick brown fox\",\"max_tokens\":12,\"temperature\":0}";
+    const char *streamed = "{\"prompt\":\"Stream me: the quick brown fox\",\"max_tokens\":12,\"temperature\":0,"
+                           "\"stream\":true,\"stream_options\":{\"include_usage\":true}}";
+    resp a = http(&N, "POST", "/v1/completions", plain, NULL);
+    assert_int_equal(a.status, 200);
+    json_t *ja = parse(&a);
+    const char *text = json_string_value(json_object_get(json_array_get(json_object_get(ja, "choices"), 0), "text"));
+    resp b = http(&N, "POST", "/v1/completions", streamed, NULL);
+    assert_int_equal(b.status, 200);
+    sse s;
+    parse_sse(b.body, false, &s);
+    assert_true(s.done);
+    assert_string_equal(s.text, text);
+    assert_non_null(s.last);
+    assert_non_null(json_object_get(s.last, "timings"));
+    assert_int_equal(s.n_usage, 1);
+    json_decref(s.last);
+    json_decref(ja);
+    free(a.body);
+    free(b.body);
+}
+
+static void test_chat(void **state) {
+    const char *body = "{\"model\":\"x\",\"messages\":[{\"role\":\"system\",\"content\":\"You answer briefly.\"},"
+                       "{\"role\":\"user\",\"content\":\"Say hi.\"}],\"max_tokens\":6,\"temperature\":0}";
+    resp a = http(&N, "POST", "/v1/chat/completions", body, NULL);
+    assert_int_equal(a.status, 200);
+    json_t *ja = parse(&a);
+    assert_string_equal(json_string_value(json_object_get(ja, "object")), "chat.completion");
+    json_t *msg = json_object_get(json_array_get(json_object_get(ja, "choices"), 0), "message");
+    assert_string_equal(json_string_value(json_object_get(msg, "role")), "assistant");
+    const char *text = json_string_value(json_object_get(msg, "content"));
+    assert_non_null(text);
+
+    /* streamed: first delta carries the role, the text is the same */
+    char sb[1024];
+    snprintf(sb, sizeof sb, "%.*s,\"stream\":true}", (int)strlen(body) - 1, body);
+    resp b = http(&N, "POST", "/v1/chat/completions", sb, NULL);
+    assert_int_equal(b.status, 200);
+    sse s;
+    parse_sse(b.body, true, &s);
+    assert_true(s.done && s.first_has_role);
+    assert_string_equal(s.text, text);
+    /* the second time the whole conversation came from the cache */
+    assert_string_equal(json_string_value(json_object_get(json_object_get(s.last, "timings"), "cache_source")), "local");
+    json_decref(s.last);
+
+    /* a follow-up turn reuses the conversation so far (message boundaries) */
+    const char *follow = "{\"messages\":[{\"role\":\"system\",\"content\":\"You answer briefly.\"},"
+                         "{\"role\":\"user\",\"content\":\"Say hi.\"},{\"role\":\"assistant\",\"content\":\"Hi.\"},"
+                         "{\"role\":\"user\",\"content\":\"Again.\"}],\"max_tokens\":2,\"temperature\":0}";
+    resp c = http(&N, "POST", "/v1/chat/completions", follow, NULL);
+    assert_int_equal(c.status, 200);
+    json_t *jc = parse(&c);
+    assert_true(json_integer_value(json_object_get(json_object_get(jc, "timings"), "cached_n")) > 0);
+    json_decref(jc);
+    json_decref(ja);
+    free(a.body);
+    free(b.body);
+    free(c.body);
+}
+
+static void test_bad_requests(void **state) {
+    resp r = http(&N, "POST", "/v1/completions", "{\"prompt\": ", NULL);
+    expect_error(&r, 400, "invalid_request_error", "not valid JSON");
+    free(r.body);
+    r = http(&N, "POST", "/v1/completions", "[1,2]", NULL);
+    expect_error(&r, 400, "invalid_request_error", "JSON object");
+    free(r.body);
+    r = http(&N, "POST", "/v1/completions", "{\"max_tokens\":3}", NULL);
+    expect_error(&r, 400, "invalid_request_error", "'prompt' is required");
+    free(r.body);
+    r = http(&N, "POST", "/v1/completions", "{\"prompt\":\"x\",\"temperature\":5}", NULL);
+    expect_error(&r, 400, "invalid_request_error", "temperature");
+    free(r.body);
+    r = http(&N, "POST", "/v1/completions", "{\"prompt\":\"x\",\"n\":2}", NULL);
+    expect_error(&r, 400, "invalid_request_error", "n = 1");
+    free(r.body);
+    r = http(&N, "POST", "/v1/completions", "{\"prompt\":[\"a\",\"b\"]}", NULL);
+    expect_error(&r, 400, "invalid_request_error", "exactly one");
+    free(r.body);
+    r = http(&N, "POST", "/v1/chat/completions", "{\"messages\":[{\"role\":\"wizard\",\"content\":\"x\"}]}", NULL);
+    expect_error(&r, 400, "invalid_request_error", "wizard");
+    free(r.body);
+    r = http(&N, "POST", "/v1/chat/completions", "{\"messages\":[]}", NULL);
+    expect_error(&r, 400, "invalid_request_error", "non-empty");
+    free(r.body);
+    r = http(&N, "POST", "/v1/completions", "{\"prompt\":\"x\",\"stop\":[\"a\",\"b\",\"c\",\"d\",\"e\"]}", NULL);
+    expect_error(&r, 400, "invalid_request_error", "stop");
+    free(r.body);
+    r = http(&N, "GET", "/v1/completions", NULL, NULL);
+    expect_error(&r, 405, "invalid_request_error", "POST");
+    free(r.body);
+    r = http(&N, "GET", "/nope", NULL, NULL);
+    expect_error(&r, 404, "invalid_request_error", "no route");
+    free(r.body);
+    /* a prompt longer than the context (512 tokens): a 400, streamed or not */
+    size_t big = 6000;
+    char *body = malloc(big + 100);
+    strcpy(body, "{\"stream\":true,\"prompt\":\"");
+    for (size_t i = 0; i < big / 4; i++) strcat(body, "abc ");
+    strcat(body, "\"}");
+    r = http(&N, "POST", "/v1/completions", body, NULL);
+    expect_error(&r, 400, "invalid_request_error", "context");
+    free(r.body);
+    free(body);
+    /* the node still serves */
+    r = http(&N, "GET", "/health", NULL, NULL);
+    assert_int_equal(r.status, 200);
+    free(r.body);
+}
+
+static void test_stop_string(void **state) {
+    /* find what greedy decoding says, then stop on a piece of it */
+    resp a = http(&N, "POST", "/v1/completions", "{\"prompt\":\"Stops: a b c d\",\"max_tokens\":16,\"temperature\":0}", NULL);
+    json_t *ja = parse(&a);
+    const char *text = json_string_value(json_object_get(json_array_get(json_object_get(ja, "choices"), 0), "text"));
+    size_t tl = strlen(text);
+    if (tl < 6) {
+        json_decref(ja);
+        free(a.body);
+        skip(); /* the random model said too little to cut */
+    }
+    char stop[8];
+    memcpy(stop, text + tl / 2, 3); /* three bytes from the middle */
+    stop[3] = '\0';
+    const char *cut = strstr(text, stop);
+    json_t *req = json_pack("{s:s,s:i,s:i,s:s}", "prompt", "Stops: a b c d", "max_tokens", 16, "temperature", 0, "stop", stop);
+    char *body = json_dumps(req, JSON_COMPACT);
+    resp b = http(&N, "POST", "/v1/completions", body, NULL);
+    json_t *jb = parse(&b);
+    json_t *cb = json_array_get(json_object_get(jb, "choices"), 0);
+    const char *tb = json_string_value(json_object_get(cb, "text"));
+    assert_int_equal(strlen(tb), (size_t)(cut - text));
+    assert_memory_equal(tb, text, strlen(tb));
+    assert_string_equal(json_string_value(json_object_get(cb, "finish_reason")), "stop");
+    json_decref(req);
+    free(body);
+    json_decref(ja);
+    json_decref(jb);
+    free(a.body);
+    free(b.body);
+}
+
+static void test_metrics(void **state) {
+    resp r = http(&N, "GET", "/metrics", NULL, NULL);
+    assert_int_equal(r.status, 200);
+    assert_non_null(strstr(r.body, "# TYPE kvmesh_requests_total counter"));
+    assert_non_null(strstr(r.body, "kvmesh_cache_hits_total{tier=\"local\"}"));
+    assert_non_null(strstr(r.body, "kvmesh_ttft_seconds_bucket"));
+    assert_non_null(strstr(r.body, "kvmesh_queue_length 0"));
+    assert_non_null(strstr(r.body, "kvmesh_http_requests_total{endpoint=\"completions\",code=\"400\"}"));
+    free(r.body);
+}
+
+/* ------------------------------------------------- nodes of their own */
+
+static void test_api_key(void **state) {
+    char *dir = tu_tmpdir();
+    char kf[4200];
+    snprintf(kf, sizeof kf, "%s/key", dir);
+    FILE *f = fopen(kf, "w");
+    fputs("sekret-key-123\n", f);
+    fclose(f);
+    node_proc n = node_start("--api-key-file", kf, NULL);
+    resp r = http(&n, "GET", "/v1/models", NULL, NULL);
+    expect_error(&r, 401, "invalid_request_error", "API key");
+    free(r.body);
+    r = http(&n, "GET", "/v1/models", NULL, "wrong-key-123");
+    assert_int_equal(r.status, 401);
+    free(r.body);
+    r = http(&n, "GET", "/v1/models", NULL, "sekret-key-123");
+    assert_int_equal(r.status, 200);
+    free(r.body);
+    r = http(&n, "GET", "/health", NULL, NULL); /* health and metrics stay open */
+    assert_int_equal(r.status, 200);
+    free(r.body);
+    assert_int_equal(node_stop(&n), 0);
+    tu_rmtree(dir);
+    free(dir);
+}
+
+static void test_body_limit(void **state) {
+    node_proc n = node_start("--max-body", "2048", NULL);
+    char *body = malloc(5000);
+    memset(body, 'a', 4999);
+    body[4999] = 0;
+    memcpy(body, "{\"prompt\":\"", 11);
+    resp r = http(&n, "POST", "/v1/completions", body, NULL);
+    expect_error(&r, 413, "invalid_request_error", "2048");
+    free(r.body);
+    free(body);
+    assert_int_equal(node_stop(&n), 0);
+}
+
+typedef struct bg_req {
+    const node_proc *n;
+    const char *body;
+    resp r;
+} bg_req;
+
+static void *bg_post(void *arg) {
+    bg_req *b = arg;
+    b->r = http(b->n, "POST", "/v1/completions", b->body, NULL);
+    return NULL;
+}
+
+/* One context, no waiting room: a second request while the first runs gets
+ * 503 with Retry-After; the first still completes. Then SIGTERM during a
+ * request: it completes, the node exits 0, its disk cache holds the states. */
+static void test_busy_and_graceful_stop(void **state) {
+    char *cache = tu_tmpdir();
+    node_proc n = node_start("--queue", "0", "--slowdown", "40", "--cache-dir", cache, NULL);
+    const char *slow = "{\"prompt\":\"A slow request that takes a while\",\"max_tokens\":24,\"temperature\":0}";
+    bg_req b = {&n, slow, {0}};
+    pthread_t t;
+    pthread_create(&t, NULL, bg_post, &b);
+    resp r = {0};
+    for (int i = 0; i < 100; i++) { /* until the first is running */
+        usleep(50000);
+        resp h = http(&n, "GET", "/health", NULL, NULL);
+        json_t *j = parse(&h);
+        int running = (int)json_integer_value(json_object_get(j, "running"));
+        json_decref(j);
+        free(h.body);
+        if (running == 1) break;
+    }
+    r = http(&n, "POST", "/v1/completions", "{\"prompt\":\"second\",\"max_tokens\":1}", NULL);
+    expect_error(&r, 503, "server_error", "queue is full");
+    assert_string_equal(r.retry_after, "1");
+    free(r.body);
+    kill(n.pid, SIGTERM); /* while the first is still generating */
+    pthread_join(t, NULL);
+    assert_int_equal(b.r.status, 200);
+    json_t *j = parse(&b.r);
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(j, "usage"), "completion_tokens")) > 0, 1);
+    json_decref(j);
+    free(b.r.body);
+    int st;
+    waitpid(n.pid, &st, 0);
+    n.pid = 0;
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    tu_rmtree(n.dir);
+    free(n.dir);
+    /* the states of the finished request were written before exit */
+    char cmd[4300];
+    snprintf(cmd, sizeof cmd, "ls %s/*.kvb 2>/dev/null | wc -l", cache);
+    FILE *p = popen(cmd, "r");
+    int files = 0;
+    assert_int_equal(fscanf(p, "%d", &files), 1);
+    pclose(p);
+    assert_true(files >= 1);
+    tu_rmtree(cache);
+    free(cache);
+}
+
+/* A client that goes away mid-stream: the request is cancelled, the node serves on. */
+static void test_client_disconnect(void **state) {
+    node_proc n = node_start("--slowdown", "40", NULL);
+    CURL *c = curl_easy_init();
+    char url[128];
+    snprintf(url, sizeof url, "%s/v1/completions", n.url);
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS, "{\"prompt\":\"Go on and on\",\"max_tokens\":200,\"stream\":true}");
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 1500L); /* hang up after 1.5 s */
+    resp r = {0};
+    r.body = calloc(1, 1);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &r);
+    CURLcode rc = curl_easy_perform(c);
+    assert_int_equal(rc, CURLE_OPERATION_TIMEDOUT);
+    curl_easy_cleanup(c);
+    free(r.body);
+    bool cancelled = false;
+    for (int i = 0; i < 300 && !cancelled; i++) { /* the next keep-alive or token write notices */
+        usleep(100000);
+        resp m = http(&n, "GET", "/metrics", NULL, NULL);
+        cancelled = strstr(m.body, "kvmesh_requests_total{result=\"cancelled\"} 1") != NULL;
+        free(m.body);
+    }
+    assert_true(cancelled);
+    resp h = http(&n, "GET", "/health", NULL, NULL);
+    assert_int_equal(h.status, 200);
+    free(h.body);
+    assert_int_equal(node_stop(&n), 0);
+}
+
+int main(void) {
+    if (access(tu_model("tiny-f16.gguf"), R_OK) != 0) {
+        printf("SKIP: test models missing\n");
+        return 0;
+    }
+    const struct CMUnitTest shared[] = {
+        cmocka_unit_test(test_models_and_health),
+        cmocka_unit_test(test_completion_cached_equals_cold),
+        cmocka_unit_test(test_cache_segments_partial_hit),
+        cmocka_unit_test(test_stream_equals_plain),
+        cmocka_unit_test(test_chat),
+        cmocka_unit_test(test_bad_requests),
+        cmocka_unit_test(test_stop_string),
+        cmocka_unit_test(test_metrics),
+    };
+    const struct CMUnitTest own[] = {
+        cmocka_unit_test(test_api_key),
+        cmocka_unit_test(test_body_limit),
+        cmocka_unit_test(test_busy_and_graceful_stop),
+        cmocka_unit_test(test_client_disconnect),
+    };
+    int failed = cmocka_run_group_tests_name("shared node", shared, group_setup, group_teardown);
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    failed += cmocka_run_group_tests_name("own nodes", own, NULL, NULL);
+    curl_global_cleanup();
+    return failed;
+}

@@ -1,0 +1,193 @@
+/* cmd_node.c -- `kvmesh node`: serve a model over the OpenAI-compatible API. */
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "api.h"
+#include "commands.h"
+#include "metrics.h"
+#include "node.h"
+#include "util.h"
+
+static void node_usage(FILE *f) {
+    fprintf(f,
+            "usage: kvmesh node --model FILE [--listen HOST:PORT] [options]\n"
+            "\n"
+            "Serves the model over an OpenAI-compatible HTTP API (/v1/completions,\n"
+            "/v1/chat/completions, /v1/models, /health, /metrics; see docs/api.md), reusing\n"
+            "cached prompt states from its own store and the shared Redis tier.\n"
+            "SIGINT/SIGTERM: stop taking requests, finish running ones, flush uploads, exit.\n"
+            "\n"
+            "  -m, --model FILE        GGUF model\n"
+            "  -l, --listen HOST:PORT  address of the API (default 127.0.0.1:8080; port 0 = any)\n"
+            "      --api-key-file F    require 'Authorization: Bearer <key>' on /v1/ (key = the file's\n"
+            "                          first line); needed to listen beyond loopback unless --insecure\n"
+            "      --insecure          allow a non-loopback --listen without an API key\n"
+            "      --parallel N        requests computed at once, one context each (default 1)\n"
+            "      --queue N           requests waiting for a context before 503 (default 16)\n"
+            "  -t, --threads N         compute threads per context (default 1)\n"
+            "      --ctx N             context size in tokens (default 4096)\n"
+            "      --kv-type TYPE      f16 (default) or q8_0\n"
+            "      --cache-dir DIR     disk tier of the state cache (default: none, RAM only)\n"
+            "      --ram-budget MB     RAM tier size (default 256)\n"
+            "      --store URL         shared tier: redis://[user:password@]host:port[/db]\n"
+            "      --link SPEC         emulate the link to remote tiers, e.g. bw=20mbit,rtt=5ms\n"
+            "      --slowdown K        emulate a K times slower device (time dilation of compute)\n"
+            "      --block N           cache every N tokens of prompts without segments (default 256)\n"
+            "      --salt STR          separate key space (default none)\n"
+            "      --max-body BYTES    largest request body (default 4194304)\n"
+            "      --port-file FILE    write the bound port there once listening (for scripts)\n"
+            "  -v, --verbose           more logs\n"
+            "  -h, --help              this help\n");
+}
+
+/* First line of a key file, at least 8 characters. */
+static char *read_key_file(const char *path, km_error *err) {
+    uint8_t *data;
+    size_t len;
+    if (km_read_file(path, 4096, &data, &len, err) != 0) return NULL;
+    char *s = (char *)data;
+    s[strcspn(s, "\r\n")] = '\0';
+    if (strlen(s) < 8) {
+        free(data);
+        km_error_set(err, "%s: the key must be at least 8 characters", path);
+        return NULL;
+    }
+    return s;
+}
+
+int cmd_node(int argc, char **argv) {
+    km_node_params np = km_node_default_params();
+    km_api_params ap = km_api_default_params();
+    const char *key_file = NULL, *port_file = NULL;
+    int insecure = 0;
+    double ram_mb = 256;
+    enum { O_KEY = 1000, O_INSECURE, O_PAR, O_QUEUE, O_CTX, O_KV, O_CACHE, O_RAM, O_STORE, O_LINK, O_SLOW, O_BLOCK,
+           O_SALT, O_MAXBODY, O_PORTFILE };
+    static const struct option opts[] = {
+        {"model", required_argument, 0, 'm'},          {"listen", required_argument, 0, 'l'},
+        {"api-key-file", required_argument, 0, O_KEY}, {"insecure", no_argument, 0, O_INSECURE},
+        {"parallel", required_argument, 0, O_PAR},     {"queue", required_argument, 0, O_QUEUE},
+        {"threads", required_argument, 0, 't'},        {"ctx", required_argument, 0, O_CTX},
+        {"kv-type", required_argument, 0, O_KV},       {"cache-dir", required_argument, 0, O_CACHE},
+        {"ram-budget", required_argument, 0, O_RAM},   {"store", required_argument, 0, O_STORE},
+        {"link", required_argument, 0, O_LINK},        {"slowdown", required_argument, 0, O_SLOW},
+        {"block", required_argument, 0, O_BLOCK},      {"salt", required_argument, 0, O_SALT},
+        {"max-body", required_argument, 0, O_MAXBODY}, {"port-file", required_argument, 0, O_PORTFILE},
+        {"verbose", no_argument, 0, 'v'},              {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0}};
+    int ch;
+    optind = 1;
+    while ((ch = getopt_long(argc, argv, "m:l:t:vh", opts, NULL)) != -1) {
+        switch (ch) {
+        case 'm': np.model_path = optarg; break;
+        case 'l': ap.listen = optarg; break;
+        case O_KEY: key_file = optarg; break;
+        case O_INSECURE: insecure = 1; break;
+        case O_PAR: np.n_parallel = atoi(optarg); break;
+        case O_QUEUE: np.queue_max = atoi(optarg); break;
+        case 't': np.ctx.n_threads = atoi(optarg); break;
+        case O_CTX: np.ctx.n_ctx = atoi(optarg); break;
+        case O_KV:
+            if (km_kv_type_parse(optarg, &np.ctx.kv_type) != 0) {
+                fprintf(stderr, "kvmesh node: --kv-type must be f16 or q8_0, not '%s'\n", optarg);
+                return 2;
+            }
+            break;
+        case O_CACHE: np.store.disk_dir = optarg; break;
+        case O_RAM: ram_mb = atof(optarg); break;
+        case O_STORE: np.store_url = optarg; break;
+        case O_LINK: np.link_spec = optarg; break;
+        case O_SLOW: np.ctx.slowdown = atof(optarg); break;
+        case O_BLOCK: np.block_size = atoi(optarg); break;
+        case O_SALT: np.salt = optarg; break;
+        case O_MAXBODY: ap.max_body = (size_t)strtoull(optarg, NULL, 10); break;
+        case O_PORTFILE: port_file = optarg; break;
+        case 'v': km_log_level++; break;
+        case 'h': node_usage(stdout); return 0;
+        default: node_usage(stderr); return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "kvmesh node: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    if (!np.model_path) {
+        fprintf(stderr, "kvmesh node: --model is required (see --help)\n");
+        return 2;
+    }
+    if (np.n_parallel < 1 || np.queue_max < 0 || np.ctx.n_threads < 1 || np.ctx.n_ctx < 16 || np.block_size < 0 ||
+        !(ram_mb >= 0) || !(np.ctx.slowdown >= 1.0) || ap.max_body < 1024) {
+        fprintf(stderr, "kvmesh node: a numeric option is out of range (see --help)\n");
+        return 2;
+    }
+    np.store.ram_budget = (size_t)(ram_mb * 1024 * 1024);
+    km_error err = {{0}};
+    char host[256];
+    int port;
+    if (km_parse_hostport(ap.listen, host, sizeof host, &port, &err) != 0) {
+        fprintf(stderr, "kvmesh node: --listen: %s\n", err.msg);
+        return 2;
+    }
+    char *key = NULL;
+    if (key_file && !(key = read_key_file(key_file, &err))) {
+        fprintf(stderr, "kvmesh node: --api-key-file: %s\n", err.msg);
+        return 2;
+    }
+    if (!key && !insecure && !km_host_is_loopback(host)) {
+        fprintf(stderr, "kvmesh node: refusing to listen on %s without --api-key-file (or pass --insecure)\n", host);
+        return 2;
+    }
+    ap.api_key = key;
+
+    /* Signals are taken by this thread alone (sigwait), so every other thread
+     * -- workers, HTTP connections -- is started with them blocked. */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    km_engine_init();
+    km_metrics *metrics = km_metrics_new();
+    km_node *node = km_node_start(&np, metrics, &err);
+    if (!node) {
+        fprintf(stderr, "kvmesh node: %s\n", err.msg);
+        km_metrics_free(metrics);
+        free(key);
+        return 1;
+    }
+    km_api *api = km_api_start(&ap, node, metrics, &err);
+    if (!api) {
+        fprintf(stderr, "kvmesh node: %s\n", err.msg);
+        km_node_free(node);
+        km_metrics_free(metrics);
+        free(key);
+        return 1;
+    }
+    char desc[256];
+    km_model_describe(km_node_model(node), desc, sizeof desc);
+    km_info("kvmesh node: serving %s (%s) on http://%s:%d (%d parallel, queue %d)", km_node_model_name(node), desc,
+            host, km_api_port(api), np.n_parallel, np.queue_max);
+    if (port_file) {
+        char buf[16];
+        int l = snprintf(buf, sizeof buf, "%d\n", km_api_port(api));
+        if (km_write_file_atomic(port_file, buf, (size_t)l, &err) != 0) km_warn("kvmesh node: --port-file: %s", err.msg);
+    }
+
+    int sig = 0;
+    sigwait(&sigs, &sig);
+    km_info("kvmesh node: %s: finishing running requests, then exiting", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    km_api_drain(api);
+    km_node_shutdown(node); /* running jobs finish; queued ones are answered 503 */
+    km_api_stop(api);       /* connections finish writing their answers */
+    km_node_free(node);     /* uploads flushed, disk cache kept */
+    km_metrics_free(metrics);
+    free(key);
+    km_info("kvmesh node: stopped");
+    return 0;
+}
