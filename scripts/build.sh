@@ -12,7 +12,7 @@ case "$kind" in
     *) echo "usage: scripts/build.sh [release|sanitize]" >&2; exit 2 ;;
 esac
 mkdir -p "$dir"
-cmake -S "$root" -B "$dir" -DCMAKE_PREFIX_PATH="$prefix" "${flags[@]}" >"$dir/configure.log" 2>&1 \
+cmake -S "$root" -B "$dir" -DCMAKE_PREFIX_PATH="$prefix" -DKVMESH_NPM_DIR="$deps/npm" "${flags[@]}" >"$dir/configure.log" 2>&1 \
     || { cat "$dir/configure.log" >&2; exit 1; }
 cmake --build "$dir" -j"$(nproc)" 2>&1 | grep -vE '^\[ *[0-9]+%\]|^-- ' >&2 || true
 [ "${PIPESTATUS[0]}" -eq 0 ] && [ -x "$dir/kvmesh" ] || { echo "build failed" >&2; exit 1; }

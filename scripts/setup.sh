@@ -41,6 +41,19 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# ---------------------------------------------------------------- npm (tests only)
+# The official OpenAI JavaScript client, for the test that kvmesh node works
+# with it unchanged. Pinned; installed once into $deps/npm. Without network the
+# test skips with a message (nothing else needs it).
+openai_js_version=7.55.0
+if [ ! -f "$deps/npm/node_modules/openai/package.json" ] \
+   || ! grep -q "\"version\": \"$openai_js_version\"" "$deps/npm/node_modules/openai/package.json"; then
+    say "installing the OpenAI JavaScript client (npm openai@$openai_js_version) into $deps/npm"
+    mkdir -p "$deps/npm"
+    (cd "$deps/npm" && npm install --no-audit --no-fund --silent --no-save "openai@$openai_js_version" >/dev/null 2>&1) \
+        || say "warning: npm install openai failed; the OpenAI client test will be skipped"
+fi
+
 # ---------------------------------------------------------------- llama.cpp
 # The build is native (-march=native); the stamp records the CPU flags so a cached prefix
 # built on another CPU is rebuilt rather than crashing with an illegal instruction.
