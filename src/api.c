@@ -14,6 +14,8 @@
 #include <time.h>
 
 #include "chat.h"
+#include "mesh.h"
+#include "peerauth.h"
 
 /* A streamed response blocks at most this long for the next token before it
  * sends an SSE comment: the write is how a vanished client is noticed. */
@@ -28,6 +30,7 @@ struct km_api {
     struct MHD_Daemon *d;
     int port;
     atomic_bool draining;
+    _Atomic(km_mesh *) mesh;
     atomic_uint_fast64_t next_id;
 };
 
@@ -655,6 +658,20 @@ static enum MHD_Result handle_health(km_api *a, struct MHD_Connection *c) {
     json_t *h = json_pack("{s:s,s:s,s:i,s:i,s:i,s:i}", "status", draining ? "shutting down" : "ok", "model",
                           km_node_model_name(a->node), "queued", l.queued, "running", l.running, "parallel", l.parallel,
                           "queue_max", l.queue_max);
+    km_mesh *mesh = atomic_load(&a->mesh);
+    if (mesh) { /* what this node knows of its peers */
+        km_peer_info peers[64];
+        int n = km_mesh_peers(mesh, peers, 64);
+        json_t *arr = json_array();
+        for (int i = 0; i < n && i < 64; i++)
+            json_array_append_new(arr, json_pack("{s:s,s:s,s:s,s:b,s:o}", "id", peers[i].id, "addr", peers[i].addr,
+                                                 "state", km_member_state_name(peers[i].state), "same_model",
+                                                 peers[i].same_model, "catalog_keys",
+                                                 peers[i].has_catalog ? json_integer(peers[i].catalog_keys)
+                                                                      : json_null()));
+        json_object_set_new(h, "mesh_id", json_string(km_mesh_id(mesh)));
+        json_object_set_new(h, "peers", arr);
+    }
     return send_json(c, status, h, NULL);
 }
 
@@ -667,6 +684,34 @@ static enum MHD_Result handle_metrics(km_api *a, struct MHD_Connection *c) {
     if (km_metrics_render(a->metrics, &text, &len, &err) != 0)
         return send_error(a, c, "metrics", MHD_HTTP_INTERNAL_SERVER_ERROR, "server_error", NULL, "%s", err.msg);
     return send_bytes(c, MHD_HTTP_OK, "text/plain; version=0.0.4", text, len, NULL);
+}
+
+static enum MHD_Result handle_peer(km_api *a, struct MHD_Connection *c, conn *cn, const char *method, const char *url) {
+    km_mesh *mesh = atomic_load(&a->mesh);
+    if (!mesh) {
+        count_request(a, "peer", MHD_HTTP_SERVICE_UNAVAILABLE);
+        return send_bytes(c, MHD_HTTP_SERVICE_UNAVAILABLE, "text/plain", strdup("no mesh"), 7, "1");
+    }
+    const char *auth = MHD_lookup_connection_value(c, MHD_HEADER_KIND, KM_PEERAUTH_HEADER);
+    int status;
+    uint8_t *body;
+    size_t len;
+    const char *type;
+    char resp_auth[KM_PEERAUTH_HEADER_MAX + 1];
+    km_mesh_handle(mesh, method, url, auth, (const uint8_t *)cn->body, cn->len, &status, &body, &len, &type, resp_auth,
+                   sizeof resp_auth);
+    count_request(a, "peer", (unsigned)status);
+    struct MHD_Response *r = MHD_create_response_from_buffer(len, body ? body : (uint8_t *)"", body ? MHD_RESPMEM_MUST_FREE
+                                                                                                    : MHD_RESPMEM_PERSISTENT);
+    if (!r) {
+        free(body);
+        return MHD_NO;
+    }
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, type);
+    if (resp_auth[0]) MHD_add_response_header(r, KM_PEERAUTH_RESPONSE_HEADER, resp_auth);
+    enum MHD_Result ret = MHD_queue_response(c, (unsigned)status, r);
+    MHD_destroy_response(r);
+    return ret;
 }
 
 static bool authorized(km_api *a, struct MHD_Connection *c) {
@@ -717,6 +762,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
                               "%s needs POST", url);
         return handle_generate(a, c, cn, url[4] == 'c' && url[5] == 'h');
     }
+    if (strncmp(url, "/peer/", 6) == 0) return handle_peer(a, c, cn, method, url);
     if (get && strcmp(url, "/v1/models") == 0) return handle_models(a, c);
     if (get && strcmp(url, "/health") == 0) return handle_health(a, c);
     if (get && strcmp(url, "/metrics") == 0) return handle_metrics(a, c);
@@ -769,6 +815,8 @@ km_api *km_api_start(const km_api_params *p, km_node *node, km_metrics *metrics,
 }
 
 void km_api_drain(km_api *a) { atomic_store(&a->draining, true); }
+
+void km_api_set_mesh(km_api *a, km_mesh *mesh) { atomic_store(&a->mesh, mesh); }
 
 void km_api_stop(km_api *a) {
     if (!a) return;

@@ -5,6 +5,7 @@
  *   GET  /v1/models             the one model this node serves
  *   GET  /health                200 while serving, 503 when shutting down
  *   GET  /metrics               Prometheus text format
+ *   /peer/v1/...                the mesh's peer endpoints (mesh.h)
  *
  * Requests follow OpenAI's API; errors use its error object
  * ({"error": {"message", "type", "param", "code"}}). Every response carries
@@ -42,6 +43,10 @@ km_api_params km_api_default_params(void);
 /* Listen and serve node. metrics (may be NULL) is rendered on /metrics and
  * gets the HTTP series. */
 km_api *km_api_start(const km_api_params *p, km_node *node, km_metrics *metrics, km_error *err);
+/* Serve the mesh's peer endpoints (/peer/...) from now on (NULL: none; they
+ * answer 503 until set). */
+struct km_mesh;
+void km_api_set_mesh(km_api *a, struct km_mesh *mesh);
 /* Refuse new requests (/health says 503); running ones go on. */
 void km_api_drain(km_api *a);
 /* Close the listening socket and every connection, free. */

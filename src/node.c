@@ -84,6 +84,12 @@ struct km_node {
     bool stopping, shut;
     double prefill_tok_per_ms; /* the workers' latest measured rate */
 
+    /* the mesh's peers, for requests (src_users: requests holding remotes) */
+    km_peer_source peers;
+    bool has_peers;
+    int src_users;
+    pthread_cond_t src_idle;
+
     /* the catalog of local states, rebuilt when the store changed */
     pthread_mutex_t cat_lock;
     km_catalog *catalog;
@@ -360,16 +366,31 @@ static void run_job(worker *w, km_job *j) {
     j->n_prompt = n_tok;
     pthread_mutex_unlock(&j->lock);
 
+    km_peer_source src;
+    pthread_mutex_lock(&n->lock);
+    bool peers = n->has_peers;
+    if (peers) {
+        src = n->peers;
+        n->src_users++;
+    }
+    pthread_mutex_unlock(&n->lock);
+    km_remote *remotes = NULL;
+    int n_remotes = peers ? src.acquire(src.ud, &remotes) : 0;
+
     km_pcache_opts o = km_pcache_default_opts();
     o.salt = n->p.salt;
     o.redis = n->redis;
     o.planner = &w->planner;
+    o.remotes = remotes;
+    o.n_remotes = n_remotes;
     km_request req = {.segs = (const char *const *)j->segs, .n_segs = j->n_segs, .segment_bounds = j->n_segs > 1,
                       .special = j->special, .block_size = n->p.block_size, .sampling = j->sampling,
                       .n_predict = n_predict, .on_token = job_on_token, .ud = j, .opts = &o};
     km_result res;
     int rc = km_pcache_run(w->ctx, n->store, 0, &req, &res, &err);
+    if (peers) src.release(src.ud, remotes, n_remotes);
     pthread_mutex_lock(&n->lock);
+    if (peers && --n->src_users == 0) pthread_cond_broadcast(&n->src_idle);
     if (w->planner.prefill_tok_per_ms > 0) n->prefill_tok_per_ms = w->planner.prefill_tok_per_ms;
     pthread_mutex_unlock(&n->lock);
 
@@ -459,6 +480,22 @@ static void *housekeeper_main(void *arg) {
     return NULL;
 }
 
+uint64_t km_node_catalog_version(km_node *n) {
+    catalog_refresh(n);
+    pthread_mutex_lock(&n->cat_lock);
+    uint64_t v = km_catalog_version(n->catalog);
+    pthread_mutex_unlock(&n->cat_lock);
+    return v;
+}
+
+void km_node_set_peer_source(km_node *n, const km_peer_source *src) {
+    pthread_mutex_lock(&n->lock);
+    n->has_peers = src != NULL;
+    if (src) n->peers = *src;
+    while (!src && n->src_users > 0) pthread_cond_wait(&n->src_idle, &n->lock);
+    pthread_mutex_unlock(&n->lock);
+}
+
 int km_node_catalog(km_node *n, uint8_t **out, size_t *len, uint64_t *version, km_error *err) {
     catalog_refresh(n);
     pthread_mutex_lock(&n->cat_lock);
@@ -519,6 +556,7 @@ km_node *km_node_start(const km_node_params *p, km_metrics *metrics, km_error *e
     pthread_mutex_init(&n->lock, NULL);
     pthread_cond_init(&n->work, NULL);
     pthread_cond_init(&n->hk_wake, NULL);
+    pthread_cond_init(&n->src_idle, NULL);
     pthread_mutex_init(&n->cat_lock, NULL);
 
     const char *base = strrchr(p->model_path, '/');
@@ -618,6 +656,7 @@ void km_node_free(km_node *n) {
     pthread_mutex_destroy(&n->lock);
     pthread_cond_destroy(&n->work);
     pthread_cond_destroy(&n->hk_wake);
+    pthread_cond_destroy(&n->src_idle);
     pthread_mutex_destroy(&n->cat_lock);
     free(n);
 }
@@ -625,6 +664,7 @@ void km_node_free(km_node *n) {
 km_model *km_node_model(km_node *n) { return n->model; }
 const char *km_node_model_name(const km_node *n) { return n->model_name; }
 km_store *km_node_store(km_node *n) { return n->store; }
+km_link *km_node_link(km_node *n) { return n->link; }
 
 km_node_load km_node_get_load(km_node *n) {
     pthread_mutex_lock(&n->lock);

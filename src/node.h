@@ -58,6 +58,8 @@ km_model *km_node_model(km_node *n);
 /* The model's name for the API (file name without .gguf). */
 const char *km_node_model_name(const km_node *n);
 km_store *km_node_store(km_node *n);
+/* The emulated link of remote traffic (--link), NULL if none; owned by the node. */
+struct km_link *km_node_link(km_node *n);
 
 /* ---- requests ---- */
 
@@ -111,6 +113,20 @@ typedef struct km_node_load {
 } km_node_load;
 
 km_node_load km_node_get_load(km_node *n);
+/* The version of the catalog of local states (changes when the store does). */
+uint64_t km_node_catalog_version(km_node *n);
+
+/* Where requests find peers holding states (the mesh): acquire gives the
+ * remotes for one request (count returned), release takes them back. */
+typedef struct km_peer_source {
+    int (*acquire)(void *ud, km_remote **out);
+    void (*release)(void *ud, km_remote *remotes, int n);
+    void *ud;
+} km_peer_source;
+
+/* Install (or with NULL detach) the peer source; detaching waits until no
+ * running request still uses the old one. */
+void km_node_set_peer_source(km_node *n, const km_peer_source *src);
 /* The Bloom catalog of this node's local states, encoded (*out malloc'd). */
 int km_node_catalog(km_node *n, uint8_t **out, size_t *len, uint64_t *version, km_error *err);
 

@@ -19,122 +19,31 @@
 
 /* ------------------------------------------------------------ a node */
 
-typedef struct node_proc {
-    pid_t pid;
-    int port;
-    char *dir; /* temp dir: port file, cache dir, key file */
-    char url[64];
-} node_proc;
+typedef tu_node node_proc;
+typedef tu_resp resp;
 
-/* Start kvmesh node on 127.0.0.1:0 with extra arguments (NULL-terminated). */
+/* Start a node on the tiny model with extra arguments (NULL-terminated). */
 static node_proc node_start(const char *first, ...) {
-    node_proc n = {0};
-    n.dir = tu_tmpdir();
-    char port_file[4200];
-    snprintf(port_file, sizeof port_file, "%s/port", n.dir);
-    const char *argv[40];
+    const char *args[32];
     int k = 0;
-    argv[k++] = tu_kvmesh_bin();
-    argv[k++] = "node";
-    argv[k++] = "--model";
-    argv[k++] = tu_model("tiny-f16.gguf");
-    argv[k++] = "--listen";
-    argv[k++] = "127.0.0.1:0";
-    argv[k++] = "--port-file";
-    argv[k++] = port_file;
     va_list ap;
     va_start(ap, first);
-    for (const char *a = first; a && k < 38; a = va_arg(ap, const char *)) argv[k++] = a;
+    for (const char *a = first; a && k < 31; a = va_arg(ap, const char *)) args[k++] = a;
     va_end(ap);
-    argv[k] = NULL;
-    n.pid = fork();
-    if (n.pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        execv(argv[0], (char *const *)argv);
-        _exit(127);
-    }
-    for (int i = 0; i < 600; i++) { /* up to 60 s (sanitizer builds load slowly) */
-        FILE *f = fopen(port_file, "r");
-        if (f) {
-            int ok = fscanf(f, "%d", &n.port);
-            fclose(f);
-            if (ok == 1 && n.port > 0) break;
-        }
-        int st;
-        if (waitpid(n.pid, &st, WNOHANG) == n.pid) fail_msg("kvmesh node exited early (status %d)", st);
-        usleep(100000);
-    }
-    if (n.port <= 0) fail_msg("kvmesh node did not start");
-    snprintf(n.url, sizeof n.url, "http://127.0.0.1:%d", n.port);
-    return n;
+    args[k] = NULL;
+    return tu_node_start(tu_model("tiny-f16.gguf"), args);
 }
 
-/* SIGTERM, wait; returns the exit status. */
-static int node_stop(node_proc *n) {
-    int st = -1;
-    if (n->pid > 0) {
-        kill(n->pid, SIGTERM);
-        waitpid(n->pid, &st, 0);
-        n->pid = 0;
-    }
-    tu_rmtree(n->dir);
-    free(n->dir);
-    return st;
-}
-
-/* ------------------------------------------------------------ HTTP */
-
-typedef struct resp {
-    long status;
-    char *body;
-    size_t len;
-    char retry_after[16];
-} resp;
-
-static size_t on_body(char *p, size_t sz, size_t nm, void *ud) {
-    resp *r = ud;
-    size_t n = sz * nm;
-    r->body = realloc(r->body, r->len + n + 1);
-    memcpy(r->body + r->len, p, n);
-    r->len += n;
-    r->body[r->len] = '\0';
-    return n;
-}
-
-static size_t on_header(char *p, size_t sz, size_t nm, void *ud) {
-    resp *r = ud;
-    size_t n = sz * nm;
-    if (n > 13 && strncasecmp(p, "Retry-After: ", 13) == 0) snprintf(r->retry_after, sizeof r->retry_after, "%.*s", (int)(n - 15), p + 13);
-    return n;
-}
+static int node_stop(node_proc *n) { return tu_node_stop(n); }
 
 static resp http(const node_proc *n, const char *method, const char *path, const char *body, const char *auth) {
-    resp r = {0};
-    r.body = calloc(1, 1);
-    CURL *c = curl_easy_init();
-    char url[256];
-    snprintf(url, sizeof url, "%s%s", n->url, path);
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
-    struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
     char ah[256];
+    const char *h[2] = {NULL, NULL};
     if (auth) {
         snprintf(ah, sizeof ah, "Authorization: Bearer %s", auth);
-        h = curl_slist_append(h, ah);
+        h[0] = ah;
     }
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
-    if (body) curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, &r);
-    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
-    curl_easy_setopt(c, CURLOPT_HEADERDATA, &r);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT, 300L);
-    CURLcode rc = curl_easy_perform(c);
-    if (rc != CURLE_OK) fail_msg("%s %s: %s", method, path, curl_easy_strerror(rc));
-    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r.status);
-    curl_slist_free_all(h);
-    curl_easy_cleanup(c);
-    return r;
+    return tu_http(n->url, method, path, body, h);
 }
 
 static json_t *parse(const resp *r) {
@@ -567,6 +476,8 @@ static void test_busy_and_graceful_stop(void **state) {
     free(cache);
 }
 
+static size_t on_discard(char *p, size_t sz, size_t nm, void *ud) { return sz * nm; }
+
 /* A client that goes away mid-stream: the request is cancelled, the node serves on. */
 static void test_client_disconnect(void **state) {
     node_proc n = node_start("--slowdown", "40", NULL);
@@ -576,14 +487,10 @@ static void test_client_disconnect(void **state) {
     curl_easy_setopt(c, CURLOPT_URL, url);
     curl_easy_setopt(c, CURLOPT_POSTFIELDS, "{\"prompt\":\"Go on and on\",\"max_tokens\":200,\"stream\":true}");
     curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 1500L); /* hang up after 1.5 s */
-    resp r = {0};
-    r.body = calloc(1, 1);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, &r);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_discard);
     CURLcode rc = curl_easy_perform(c);
     assert_int_equal(rc, CURLE_OPERATION_TIMEDOUT);
     curl_easy_cleanup(c);
-    free(r.body);
     bool cancelled = false;
     for (int i = 0; i < 300 && !cancelled; i++) { /* the next keep-alive or token write notices */
         usleep(100000);

@@ -1,6 +1,9 @@
 /* testutil.c -- see testutil.h. */
 #include "testutil.h"
 
+#include <curl/curl.h>
+#include <strings.h>
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -130,4 +133,105 @@ void tu_redis_stop(int pid, int kill_hard) {
     waitpid(pid, NULL, 0);
     for (int i = 0; i < n_live; i++)
         if (live_servers[i] == pid) live_servers[i] = live_servers[--n_live];
+}
+
+/* ------------------------------------------------------------ node processes */
+
+tu_node tu_node_start(const char *model, const char *const *args) {
+    tu_node n;
+    memset(&n, 0, sizeof n);
+    n.dir = tu_tmpdir();
+    char port_file[4200];
+    snprintf(port_file, sizeof port_file, "%s/port", n.dir);
+    const char *argv[64];
+    int k = 0;
+    argv[k++] = tu_kvmesh_bin();
+    argv[k++] = "node";
+    argv[k++] = "--model";
+    argv[k++] = model;
+    argv[k++] = "--listen";
+    argv[k++] = "127.0.0.1:0";
+    argv[k++] = "--port-file";
+    argv[k++] = port_file;
+    for (int i = 0; args && args[i] && k < 63; i++) argv[k++] = args[i];
+    argv[k] = NULL;
+    n.pid = fork();
+    if (n.pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        execv(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    for (int i = 0; i < 600; i++) { /* up to 60 s (sanitizer builds load slowly) */
+        FILE *f = fopen(port_file, "r");
+        if (f) {
+            int ok = fscanf(f, "%d", &n.port);
+            fclose(f);
+            if (ok == 1 && n.port > 0) break;
+        }
+        int st;
+        if (waitpid(n.pid, &st, WNOHANG) == n.pid) fail_msg("kvmesh node exited early (status %d)", st);
+        usleep(100000);
+    }
+    if (n.port <= 0) fail_msg("kvmesh node did not start");
+    snprintf(n.url, sizeof n.url, "http://127.0.0.1:%d", n.port);
+    return n;
+}
+
+int tu_node_stop(tu_node *n) {
+    int st = -1;
+    if (n->pid > 0) {
+        kill(n->pid, SIGTERM);
+        waitpid(n->pid, &st, 0);
+        n->pid = 0;
+    }
+    tu_rmtree(n->dir);
+    free(n->dir);
+    n->dir = NULL;
+    return st;
+}
+
+static size_t on_body(char *p, size_t sz, size_t nm, void *ud) {
+    tu_resp *r = ud;
+    size_t n = sz * nm;
+    char *b = realloc(r->body, r->len + n + 1);
+    if (!b) return 0;
+    r->body = b;
+    memcpy(r->body + r->len, p, n);
+    r->len += n;
+    r->body[r->len] = '\0';
+    return n;
+}
+
+static size_t on_header(char *p, size_t sz, size_t nm, void *ud) {
+    tu_resp *r = ud;
+    size_t n = sz * nm;
+    if (n > 15 && strncasecmp(p, "Retry-After: ", 13) == 0)
+        snprintf(r->retry_after, sizeof r->retry_after, "%.*s", (int)(n - 15), p + 13);
+    return n;
+}
+
+tu_resp tu_http(const char *base, const char *method, const char *path, const char *body, const char *const *headers) {
+    tu_resp r;
+    memset(&r, 0, sizeof r);
+    r.body = calloc(1, 1);
+    CURL *c = curl_easy_init();
+    char url[512];
+    snprintf(url, sizeof url, "%s%s", base, path);
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
+    struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
+    for (int i = 0; headers && headers[i]; i++) h = curl_slist_append(h, headers[i]);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+    if (body) curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &r);
+    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(c, CURLOPT_HEADERDATA, &r);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT, 300L);
+    CURLcode rc = curl_easy_perform(c);
+    if (rc != CURLE_OK) fail_msg("%s %s: %s", method, path, curl_easy_strerror(rc));
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r.status);
+    curl_slist_free_all(h);
+    curl_easy_cleanup(c);
+    return r;
 }

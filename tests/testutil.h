@@ -30,4 +30,31 @@ int tu_redis_start(int port, const char *extra);
 /* SIGTERM and reap (SIGKILL if kill_hard). */
 void tu_redis_stop(int pid, int kill_hard);
 
+/* ---- kvmesh node processes and HTTP (tests of the node and the mesh) ---- */
+
+typedef struct tu_node {
+    int pid;
+    int port;
+    char *dir;     /* a temp dir of its own (port file) */
+    char url[64];  /* http://127.0.0.1:<port> */
+} tu_node;
+
+/* Start `kvmesh node --model <model> --listen 127.0.0.1:0` plus args
+ * (NULL-terminated list, may be NULL); waits until it listens. Fails the test
+ * if it does not start. Killed when the test process dies. */
+tu_node tu_node_start(const char *model, const char *const *args);
+/* SIGTERM and wait; returns the wait status (0 = exited 0). */
+int tu_node_stop(tu_node *n);
+
+typedef struct tu_resp {
+    long status;
+    char *body; /* NUL-terminated, malloc'd */
+    size_t len;
+    char retry_after[16];
+} tu_resp;
+
+/* One HTTP request to base + path (body NULL: none); extra headers as
+ * "Name: value" (NULL-terminated, may be NULL). Fails the test on transport errors. */
+tu_resp tu_http(const char *base, const char *method, const char *path, const char *body, const char *const *headers);
+
 #endif

@@ -8,8 +8,10 @@
 
 #include "api.h"
 #include "commands.h"
+#include "mesh.h"
 #include "metrics.h"
 #include "node.h"
+#include "peerauth.h"
 #include "util.h"
 
 static void node_usage(FILE *f) {
@@ -23,9 +25,15 @@ static void node_usage(FILE *f) {
             "\n"
             "  -m, --model FILE        GGUF model\n"
             "  -l, --listen HOST:PORT  address of the API (default 127.0.0.1:8080; port 0 = any)\n"
+            "      --peers LIST        seed peers to join, host:port,... (their API addresses)\n"
+            "      --advertise H:P     the address peers reach this node at (default: --listen's,\n"
+            "                          with the port actually bound)\n"
+            "      --mesh-secret-file F  shared secret of the mesh (>= 16 bytes, mode 600): peer calls\n"
+            "                          are authenticated with it (HMAC, replay window)\n"
+            "      --gossip-ms MS      gossip period (default 1000)\n"
             "      --api-key-file F    require 'Authorization: Bearer <key>' on /v1/ (key = the file's\n"
-            "                          first line); needed to listen beyond loopback unless --insecure\n"
-            "      --insecure          allow a non-loopback --listen without an API key\n"
+            "                          first line)\n"
+            "      --insecure          listen beyond loopback without an API key and a mesh secret\n"
             "      --parallel N        requests computed at once, one context each (default 1)\n"
             "      --queue N           requests waiting for a context before 503 (default 16)\n"
             "  -t, --threads N         compute threads per context (default 1)\n"
@@ -62,11 +70,12 @@ static char *read_key_file(const char *path, km_error *err) {
 int cmd_node(int argc, char **argv) {
     km_node_params np = km_node_default_params();
     km_api_params ap = km_api_default_params();
-    const char *key_file = NULL, *port_file = NULL;
+    const char *key_file = NULL, *port_file = NULL, *secret_file = NULL, *advertise = NULL;
+    km_mesh_params mp = km_mesh_default_params();
     int insecure = 0;
     double ram_mb = 256;
     enum { O_KEY = 1000, O_INSECURE, O_PAR, O_QUEUE, O_CTX, O_KV, O_CACHE, O_RAM, O_STORE, O_LINK, O_SLOW, O_BLOCK,
-           O_SALT, O_MAXBODY, O_PORTFILE };
+           O_SALT, O_MAXBODY, O_PORTFILE, O_PEERS, O_ADVERTISE, O_SECRET, O_GOSSIP };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},          {"listen", required_argument, 0, 'l'},
         {"api-key-file", required_argument, 0, O_KEY}, {"insecure", no_argument, 0, O_INSECURE},
@@ -77,6 +86,8 @@ int cmd_node(int argc, char **argv) {
         {"link", required_argument, 0, O_LINK},        {"slowdown", required_argument, 0, O_SLOW},
         {"block", required_argument, 0, O_BLOCK},      {"salt", required_argument, 0, O_SALT},
         {"max-body", required_argument, 0, O_MAXBODY}, {"port-file", required_argument, 0, O_PORTFILE},
+        {"peers", required_argument, 0, O_PEERS},      {"advertise", required_argument, 0, O_ADVERTISE},
+        {"mesh-secret-file", required_argument, 0, O_SECRET}, {"gossip-ms", required_argument, 0, O_GOSSIP},
         {"verbose", no_argument, 0, 'v'},              {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0}};
     int ch;
@@ -106,6 +117,10 @@ int cmd_node(int argc, char **argv) {
         case O_SALT: np.salt = optarg; break;
         case O_MAXBODY: ap.max_body = (size_t)strtoull(optarg, NULL, 10); break;
         case O_PORTFILE: port_file = optarg; break;
+        case O_PEERS: mp.seeds = optarg; break;
+        case O_ADVERTISE: advertise = optarg; break;
+        case O_SECRET: secret_file = optarg; break;
+        case O_GOSSIP: mp.gossip_ms = atoi(optarg); break;
         case 'v': km_log_level++; break;
         case 'h': node_usage(stdout); return 0;
         default: node_usage(stderr); return 2;
@@ -120,7 +135,7 @@ int cmd_node(int argc, char **argv) {
         return 2;
     }
     if (np.n_parallel < 1 || np.queue_max < 0 || np.ctx.n_threads < 1 || np.ctx.n_ctx < 16 || np.block_size < 0 ||
-        !(ram_mb >= 0) || !(np.ctx.slowdown >= 1.0) || ap.max_body < 1024) {
+        !(ram_mb >= 0) || !(np.ctx.slowdown >= 1.0) || ap.max_body < 1024 || mp.gossip_ms < 10) {
         fprintf(stderr, "kvmesh node: a numeric option is out of range (see --help)\n");
         return 2;
     }
@@ -137,11 +152,24 @@ int cmd_node(int argc, char **argv) {
         fprintf(stderr, "kvmesh node: --api-key-file: %s\n", err.msg);
         return 2;
     }
-    if (!key && !insecure && !km_host_is_loopback(host)) {
-        fprintf(stderr, "kvmesh node: refusing to listen on %s without --api-key-file (or pass --insecure)\n", host);
+    uint8_t *secret = NULL;
+    size_t secret_len = 0;
+    if (secret_file && km_peerauth_load_secret(secret_file, &secret, &secret_len, &err) != 0) {
+        fprintf(stderr, "kvmesh node: --mesh-secret-file: %s\n", err.msg);
+        free(key);
+        return 2;
+    }
+    if ((!key || !secret) && !insecure && !km_host_is_loopback(host)) {
+        fprintf(stderr, "kvmesh node: refusing to listen on %s without --api-key-file and --mesh-secret-file "
+                        "(or pass --insecure)\n", host);
+        free(key);
+        km_peerauth_secret_free(secret, secret_len);
         return 2;
     }
     ap.api_key = key;
+    mp.secret = secret;
+    mp.secret_len = secret_len;
+    mp.link = NULL;
 
     /* Signals are taken by this thread alone (sigwait), so every other thread
      * -- workers, HTTP connections -- is started with them blocked. */
@@ -169,6 +197,23 @@ int cmd_node(int argc, char **argv) {
         free(key);
         return 1;
     }
+    char self_addr[300];
+    if (advertise) snprintf(self_addr, sizeof self_addr, "%s", advertise);
+    else if (strchr(host, ':')) snprintf(self_addr, sizeof self_addr, "[%s]:%d", host, km_api_port(api));
+    else snprintf(self_addr, sizeof self_addr, "%s:%d", host, km_api_port(api));
+    mp.self_addr = self_addr;
+    mp.link = km_node_link(node);
+    km_mesh *mesh = km_mesh_start(&mp, node, metrics, &err);
+    km_peerauth_secret_free(secret, secret_len); /* the mesh keeps its own copy */
+    if (!mesh) {
+        fprintf(stderr, "kvmesh node: mesh: %s\n", err.msg);
+        km_api_stop(api);
+        km_node_free(node);
+        km_metrics_free(metrics);
+        free(key);
+        return 1;
+    }
+    km_api_set_mesh(api, mesh);
     char desc[256];
     km_model_describe(km_node_model(node), desc, sizeof desc);
     km_info("kvmesh node: serving %s (%s) on http://%s:%d (%d parallel, queue %d)", km_node_model_name(node), desc,
@@ -185,6 +230,7 @@ int cmd_node(int argc, char **argv) {
     km_api_drain(api);
     km_node_shutdown(node); /* running jobs finish; queued ones are answered 503 */
     km_api_stop(api);       /* connections finish writing their answers */
+    km_mesh_stop(mesh);     /* no peer call is being served any more */
     km_node_free(node);     /* uploads flushed, disk cache kept */
     km_metrics_free(metrics);
     free(key);

@@ -1,0 +1,267 @@
+/* test_mesh.c -- kvmesh nodes sharing states as peers: real node processes
+ * on loopback ports. A prompt computed on node A is answered by node B from
+ * A's state (fetched over the peer protocol) with the very same text; the
+ * mesh secret keeps strangers out; forged, replayed and oversized peer
+ * messages are refused; a peer that dies costs a recompute, not an answer;
+ * a restarted peer (disk cache kept) is used again. */
+#include "testutil.h"
+
+#include <jansson.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "peerauth.h"
+
+static const char *Q = "{\"cache_segments\":[\"Mesh instruction: answer briefly. \",\"Example: one. \",\"Question: two?\"],"
+                       "\"max_tokens\":6,\"temperature\":0}";
+
+static tu_node start(const char *const *args) { return tu_node_start(tu_model("tiny-f16.gguf"), args); }
+
+static json_t *parse(const tu_resp *r) {
+    json_error_t e;
+    json_t *j = json_loads(r->body, 0, &e);
+    if (!j) fail_msg("not JSON (%s): %.200s", e.text, r->body);
+    return j;
+}
+
+/* POST Q to n; returns the text (malloc'd) and the cache source. */
+static char *ask(const tu_node *n, char *source, size_t cap) {
+    tu_resp r = tu_http(n->url, "POST", "/v1/completions", Q, NULL);
+    if (r.status != 200) fail_msg("status %ld: %s", r.status, r.body);
+    json_t *j = parse(&r);
+    char *text = strdup(json_string_value(json_object_get(json_array_get(json_object_get(j, "choices"), 0), "text")));
+    snprintf(source, cap, "%s", json_string_value(json_object_get(json_object_get(j, "timings"), "cache_source")));
+    json_decref(j);
+    free(r.body);
+    return text;
+}
+
+/* Wait until `of` knows a peer with at least min_keys keys in its catalog
+ * copy (gossip + catalog fetch), at most 30 s. Returns the keys seen. */
+static int wait_peer_catalog(const tu_node *of, int min_keys) {
+    int best = -1;
+    for (int i = 0; i < 300; i++) {
+        tu_resp r = tu_http(of->url, "GET", "/health", NULL, NULL);
+        json_t *j = parse(&r);
+        size_t k;
+        json_t *p;
+        json_array_foreach(json_object_get(j, "peers"), k, p) {
+            json_t *keys = json_object_get(p, "catalog_keys");
+            if (json_is_integer(keys) && (int)json_integer_value(keys) > best) best = (int)json_integer_value(keys);
+        }
+        json_decref(j);
+        free(r.body);
+        if (best >= min_keys) return best;
+        usleep(100000);
+    }
+    return best;
+}
+
+static double metric(const tu_node *n, const char *line_prefix) {
+    tu_resp r = tu_http(n->url, "GET", "/metrics", NULL, NULL);
+    char want[256]; /* at the start of a line: not the # HELP line */
+    snprintf(want, sizeof want, "\n%s", line_prefix);
+    const char *p = strstr(r.body, want);
+    double v = p ? atof(p + strlen(want)) : -1;
+    free(r.body);
+    return v;
+}
+
+static char *write_secret(const char *dir, const char *name, const char *secret) {
+    char *path = malloc(4300);
+    snprintf(path, 4300, "%s/%s", dir, name);
+    FILE *f = fopen(path, "w");
+    fputs(secret, f);
+    fclose(f);
+    chmod(path, 0600);
+    return path;
+}
+
+/* A's states, fetched by B: same text, source "peer". */
+static void test_peer_fetch(void **state) {
+    const char *a_args[] = {"--gossip-ms", "100", NULL};
+    tu_node a = start(a_args);
+    char seed[64];
+    snprintf(seed, sizeof seed, "127.0.0.1:%d", a.port);
+    const char *b_args[] = {"--gossip-ms", "100", "--peers", seed, NULL};
+    tu_node b = start(b_args);
+    char src[32];
+    char *text_a = ask(&a, src, sizeof src);
+    assert_string_equal(src, "none");
+    assert_true(wait_peer_catalog(&b, 3) >= 3); /* 3 boundaries: 2 segments + the end */
+    char *text_b = ask(&b, src, sizeof src);
+    assert_string_equal(src, "peer");
+    assert_string_equal(text_b, text_a);
+    assert_true(metric(&b, "kvmesh_fetched_bytes_total{source=\"peer\"} ") > 1000);
+    assert_int_equal(metric(&a, "kvmesh_peer_states_served_total "), 1);
+    /* the fetched state is B's own now */
+    char *again = ask(&b, src, sizeof src);
+    assert_string_equal(src, "local");
+    assert_string_equal(again, text_a);
+    free(text_a);
+    free(text_b);
+    free(again);
+    assert_int_equal(tu_node_stop(&b), 0);
+    assert_int_equal(tu_node_stop(&a), 0);
+}
+
+/* With a mesh secret: members share; a node with another secret is shut
+ * out (its gossip is refused, it learns no peer); unsigned, forged,
+ * replayed and oversized peer requests are refused. */
+static void test_secret_and_bad_messages(void **state) {
+    char *dir = tu_tmpdir();
+    char *good = write_secret(dir, "good", "correct horse battery staple\n");
+    char *bad = write_secret(dir, "bad", "another secret of enough length\n");
+    const char *a_args[] = {"--gossip-ms", "100", "--mesh-secret-file", good, NULL};
+    tu_node a = start(a_args);
+    char seed[64];
+    snprintf(seed, sizeof seed, "127.0.0.1:%d", a.port);
+    const char *b_args[] = {"--gossip-ms", "100", "--mesh-secret-file", good, "--peers", seed, NULL};
+    tu_node b = start(b_args);
+    const char *c_args[] = {"--gossip-ms", "100", "--mesh-secret-file", bad, "--peers", seed, NULL};
+    tu_node c = start(c_args);
+    char src[32];
+    char *text_a = ask(&a, src, sizeof src);
+    assert_true(wait_peer_catalog(&b, 3) >= 3);
+    char *text_b = ask(&b, src, sizeof src);
+    assert_string_equal(src, "peer");
+    assert_string_equal(text_b, text_a);
+    /* the stranger: refused at A, knows nobody */
+    assert_true(metric(&a, "kvmesh_peer_requests_denied_total ") >= 1);
+    assert_int_equal(metric(&c, "kvmesh_peers{state=\"alive\"} "), 0);
+    tu_resp r = tu_http(a.url, "GET", "/health", NULL, NULL);
+    json_t *hj = parse(&r);
+    assert_int_equal(json_array_size(json_object_get(hj, "peers")), 1); /* B only */
+    json_decref(hj);
+    free(r.body);
+
+    /* unsigned */
+    r = tu_http(a.url, "GET", "/peer/v1/catalog", NULL, NULL);
+    assert_int_equal(r.status, 401);
+    assert_non_null(strstr(r.body, "missing"));
+    free(r.body);
+    /* signed with the right secret: accepted once, then a replay */
+    km_error err;
+    km_peerauth *pa = km_peerauth_new((const uint8_t *)"correct horse battery staple", 28, 0, &err);
+    assert_non_null(pa);
+    char hv[KM_PEERAUTH_HEADER_MAX], hdr[KM_PEERAUTH_HEADER_MAX + 32];
+    km_peerauth_sign_request(pa, "GET", "/peer/v1/catalog", NULL, 0, hv, sizeof hv);
+    snprintf(hdr, sizeof hdr, "%s: %s", KM_PEERAUTH_HEADER, hv);
+    const char *h[] = {hdr, NULL};
+    r = tu_http(a.url, "GET", "/peer/v1/catalog", NULL, h);
+    assert_int_equal(r.status, 200);
+    assert_true(r.len >= 44 && memcmp(r.body, "KVMC", 4) == 0);
+    free(r.body);
+    r = tu_http(a.url, "GET", "/peer/v1/catalog", NULL, h);
+    assert_int_equal(r.status, 401);
+    assert_non_null(strstr(r.body, "replayed"));
+    free(r.body);
+    /* a signature for another path (forged use) */
+    km_peerauth_sign_request(pa, "GET", "/peer/v1/state/00000000000000000000000000000000", NULL, 0, hv, sizeof hv);
+    snprintf(hdr, sizeof hdr, "%s: %s", KM_PEERAUTH_HEADER, hv);
+    r = tu_http(a.url, "GET", "/peer/v1/catalog", NULL, h);
+    assert_int_equal(r.status, 401);
+    assert_non_null(strstr(r.body, "bad MAC"));
+    free(r.body);
+    /* authentic but malformed gossip: 400, table untouched, A still serves */
+    const char *junk = "{\"v\":1,\"from\":\"x\",\"members\":[{\"id\":\"x\"}]}";
+    km_peerauth_sign_request(pa, "POST", "/peer/v1/gossip", (const uint8_t *)junk, strlen(junk), hv, sizeof hv);
+    snprintf(hdr, sizeof hdr, "%s: %s", KM_PEERAUTH_HEADER, hv);
+    r = tu_http(a.url, "POST", "/peer/v1/gossip", junk, h);
+    assert_int_equal(r.status, 400);
+    assert_non_null(strstr(r.body, "gossip"));
+    free(r.body);
+    /* oversized: over --max-body, refused before anything reads it */
+    size_t big = (size_t)5 << 20;
+    char *huge = malloc(big + 1);
+    memset(huge, ' ', big);
+    huge[big] = 0;
+    r = tu_http(a.url, "POST", "/peer/v1/gossip", huge, NULL);
+    assert_int_equal(r.status, 413);
+    free(r.body);
+    free(huge);
+    km_peerauth_free(pa);
+    r = tu_http(a.url, "GET", "/health", NULL, NULL);
+    assert_int_equal(r.status, 200);
+    free(r.body);
+
+    free(text_a);
+    free(text_b);
+    assert_int_equal(tu_node_stop(&c), 0);
+    assert_int_equal(tu_node_stop(&b), 0);
+    assert_int_equal(tu_node_stop(&a), 0);
+    free(good);
+    free(bad);
+    tu_rmtree(dir);
+    free(dir);
+}
+
+/* A peer killed: B's fetch fails and B recomputes (same text); A restarted
+ * with its disk cache: it rejoins, announces its catalog, and is used again. */
+static void test_peer_dies_and_returns(void **state) {
+    char *cache = tu_tmpdir();
+    const char *a_args[] = {"--gossip-ms", "100", "--cache-dir", cache, NULL};
+    tu_node a = start(a_args);
+    char seed[64];
+    snprintf(seed, sizeof seed, "127.0.0.1:%d", a.port);
+    const char *b_args[] = {"--gossip-ms", "100", "--peers", seed, NULL};
+    tu_node b = start(b_args);
+    char src[32];
+    char *text_a = ask(&a, src, sizeof src);
+    assert_true(wait_peer_catalog(&b, 3) >= 3);
+    kill(a.pid, SIGKILL); /* gone without a word; B still holds its catalog */
+    waitpid(a.pid, NULL, 0);
+    a.pid = 0;
+    char *text_b = ask(&b, src, sizeof src);
+    assert_string_equal(src, "none"); /* the fetch failed: recomputed */
+    assert_string_equal(text_b, text_a);
+    free(text_b);
+    tu_resp r = tu_http(b.url, "GET", "/health", NULL, NULL);
+    assert_int_equal(r.status, 200);
+    free(r.body);
+
+    /* B's own states now answer B; use a prompt B never saw for the return */
+    char bseed[64];
+    snprintf(bseed, sizeof bseed, "127.0.0.1:%d", b.port);
+    const char *a2_args[] = {"--gossip-ms", "100", "--cache-dir", cache, "--peers", bseed, NULL};
+    tu_node a2 = start(a2_args);
+    const char *q2 = "{\"cache_segments\":[\"Only A knows this one. \",\"Really.\"],\"max_tokens\":3,\"temperature\":0}";
+    tu_resp ra = tu_http(a2.url, "POST", "/v1/completions", q2, NULL);
+    assert_int_equal(ra.status, 200);
+    /* A's catalog now holds the old prompt's 3 keys (from disk) and the new 2 */
+    assert_true(wait_peer_catalog(&b, 5) >= 5);
+    tu_resp rb = tu_http(b.url, "POST", "/v1/completions", q2, NULL);
+    json_t *ja = parse(&ra), *jb = parse(&rb);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(jb, "timings"), "cache_source")), "peer");
+    assert_string_equal(json_string_value(json_object_get(json_array_get(json_object_get(jb, "choices"), 0), "text")),
+                        json_string_value(json_object_get(json_array_get(json_object_get(ja, "choices"), 0), "text")));
+    json_decref(ja);
+    json_decref(jb);
+    free(ra.body);
+    free(rb.body);
+    free(text_a);
+    assert_int_equal(tu_node_stop(&b), 0);
+    assert_int_equal(tu_node_stop(&a2), 0);
+    tu_node_stop(&a); /* only its temp dir is left */
+    tu_rmtree(cache);
+    free(cache);
+}
+
+int main(void) {
+    if (access(tu_model("tiny-f16.gguf"), R_OK) != 0) {
+        printf("SKIP: test models missing\n");
+        return 0;
+    }
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_peer_fetch),
+        cmocka_unit_test(test_secret_and_bad_messages),
+        cmocka_unit_test(test_peer_dies_and_returns),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
