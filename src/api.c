@@ -16,6 +16,7 @@
 #include "chat.h"
 #include "mesh.h"
 #include "peerauth.h"
+#include "proxy.h"
 
 /* A streamed response blocks at most this long for the next token before it
  * sends an SSE comment: the write is how a vanished client is noticed. */
@@ -189,6 +190,7 @@ typedef struct gen_req {
     int n_predict;
     const char *stop[4];
     int n_stop;
+    double est_ms; /* the planner's estimate of queue + TTFT here (0: none) */
 } gen_req;
 
 static void gen_req_free(gen_req *g) {
@@ -484,6 +486,7 @@ static void stream_advance(stream *s, int timeout_ms) {
                                   "server_error");
             stream_emit(s, e);
         } else {
+            km_node_observe_estimate(s->a->node, "local", s->g.est_ms, st.queue_ms + st.result.ttft_ms);
             stream_emit(s, chunk_json(s->a, &s->g, s->id, s->created, NULL, 0, !s->sent_first, &st));
             if (s->g.include_usage)
                 stream_emit(s, json_pack("{s:s,s:s,s:I,s:s,s:[],s:o}", "id", s->id, "object",
@@ -523,9 +526,92 @@ static void stream_free(void *cls) {
     free(s);
 }
 
+/* ------------------------------------------------------------ forwarding */
+
+/* A request is forwarded at most once: the peer runs it itself. */
+#define HOPS_HEADER "X-Kvmesh-Hops"
+#define FORWARDED_TO_HEADER "X-Kvmesh-Forwarded-To"
+
+typedef struct relay {
+    km_api *a;
+    km_proxy *proxy;
+    char peer_id[KM_MEMBER_ID_MAX + 1];
+    double t0;
+    bool failed;
+} relay;
+
+static ssize_t relay_read(void *cls, uint64_t pos, char *buf, size_t max) {
+    relay *r = cls;
+    ssize_t n = km_proxy_read(r->proxy, buf, max);
+    if (n < 0) r->failed = true;
+    return n > 0 ? n : n == 0 ? MHD_CONTENT_READER_END_OF_STREAM : MHD_CONTENT_READER_END_WITH_ERROR;
+}
+
+static void relay_free(void *cls) {
+    relay *r = cls;
+    km_proxy_free(r->proxy);
+    km_mesh *mesh = atomic_load(&r->a->mesh);
+    if (mesh) km_mesh_forward_end(mesh, r->peer_id, !r->failed, km_now_ms() - r->t0);
+    free(r);
+}
+
+/* Send the request to the peer the planner chose and relay its answer.
+ * Returns true if the answer is on its way; false to run the request here
+ * (the peer could not be reached, was busy, or failed). */
+static bool try_forward(km_api *a, km_mesh *mesh, struct MHD_Connection *c, conn *cn, const char *url,
+                        const km_route *route, const gen_req *g, enum MHD_Result *ret) {
+    char auth[KM_PEERAUTH_HEADER_MAX + 1], auth_line[KM_PEERAUTH_HEADER_MAX + 32], key_line[600] = "";
+    km_mesh_sign(mesh, "POST", url, (const uint8_t *)cn->body, cn->len, auth, sizeof auth);
+    snprintf(auth_line, sizeof auth_line, "%s: %s", KM_PEERAUTH_HEADER, auth);
+    const char *client_auth = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+    if (client_auth) snprintf(key_line, sizeof key_line, "Authorization: %s", client_auth);
+    const char *headers[5] = {"Content-Type: application/json", HOPS_HEADER ": 1"};
+    int nh = 2;
+    if (auth[0]) headers[nh++] = auth_line;
+    if (client_auth) headers[nh++] = key_line; /* the peer checks the API key too */
+    km_mesh_forward_begin(mesh, route->id);
+    double t0 = km_now_ms();
+    long status = 0;
+    char type[128];
+    km_error err;
+    km_proxy *p = km_proxy_start(route->addr, url, cn->body ? cn->body : "", cn->len, headers, 1000, &status, type,
+                                 sizeof type, &err);
+    if (p && (status == MHD_HTTP_SERVICE_UNAVAILABLE || status == MHD_HTTP_UNAUTHORIZED || status >= 500)) {
+        km_error_set(&err, "peer %s answered %ld", route->addr, status);
+        km_proxy_free(p);
+        p = NULL;
+    }
+    if (!p) {
+        km_mesh_forward_end(mesh, route->id, false, km_now_ms() - t0);
+        km_warn("forward to %s failed (%s); running the request here", route->addr, err.msg);
+        return false;
+    }
+    if (g->stream) km_node_observe_estimate(a->node, "forward", route->est_ms, km_now_ms() - t0);
+    relay *r = calloc(1, sizeof *r);
+    struct MHD_Response *resp = r ? MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024, relay_read, r, relay_free)
+                                  : NULL;
+    if (!resp) {
+        km_proxy_free(p);
+        km_mesh_forward_end(mesh, route->id, false, km_now_ms() - t0);
+        free(r);
+        *ret = MHD_NO;
+        return true;
+    }
+    r->a = a;
+    r->proxy = p;
+    r->t0 = t0;
+    snprintf(r->peer_id, sizeof r->peer_id, "%s", route->id);
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, type);
+    MHD_add_response_header(resp, FORWARDED_TO_HEADER, route->addr);
+    count_request(a, g->chat ? "chat" : "completions", (unsigned)status);
+    *ret = MHD_queue_response(c, (unsigned)status, resp);
+    MHD_destroy_response(resp);
+    return true;
+}
+
 /* ------------------------------------------------------------- handlers */
 
-static enum MHD_Result handle_generate(km_api *a, struct MHD_Connection *c, conn *cn, bool chat) {
+static enum MHD_Result handle_generate(km_api *a, struct MHD_Connection *c, conn *cn, const char *url, bool chat) {
     const char *ep = chat ? "chat" : "completions";
     if (atomic_load(&a->draining))
         return send_error(a, c, ep, MHD_HTTP_SERVICE_UNAVAILABLE, "server_error", NULL, "the node is shutting down");
@@ -545,6 +631,35 @@ static enum MHD_Result handle_generate(km_api *a, struct MHD_Connection *c, conn
         gen_req_free(&g);
         json_decref(root);
         return send_error(a, c, ep, MHD_HTTP_BAD_REQUEST, "invalid_request_error", param, "%s", err.msg);
+    }
+    /* Where to run it: here, or (not for a request a peer forwarded to us)
+     * at the peer that holds its prefix, if the planner says that is faster. */
+    km_mesh *mesh = atomic_load(&a->mesh);
+    const char *hops = MHD_lookup_connection_value(c, MHD_HEADER_KIND, HOPS_HEADER);
+    if (hops) {
+        const char *pa = MHD_lookup_connection_value(c, MHD_HEADER_KIND, KM_PEERAUTH_HEADER);
+        if (!mesh || km_mesh_verify(mesh, "POST", url, (const uint8_t *)cn->body, cn->len, pa, &err) != 0) {
+            gen_req_free(&g);
+            json_decref(root);
+            return send_error(a, c, ep, MHD_HTTP_UNAUTHORIZED, "invalid_request_error", NULL, "forwarded request: %s",
+                              mesh ? err.msg : "no mesh here");
+        }
+    } else if (mesh) {
+        km_prompt_plan plan;
+        if (km_node_plan(a->node, (const char *const *)g.segs, g.n_segs, g.special, &plan, &err) == 0) {
+            km_route route;
+            km_mesh_route(mesh, &plan, &route);
+            km_prompt_plan_free(&plan);
+            km_debug("planner: %s, est %.1f ms (best local %.1f ms)%s%s", route.path, route.est_ms, route.est_local_ms,
+                     route.forward ? " -> " : "", route.forward ? route.addr : "");
+            g.est_ms = route.est_local_ms;
+            enum MHD_Result ret;
+            if (route.forward && try_forward(a, mesh, c, cn, url, &route, &g, &ret)) {
+                gen_req_free(&g);
+                json_decref(root);
+                return ret;
+            }
+        }
     }
     km_job_spec spec = {.segs = (const char *const *)g.segs, .n_segs = g.n_segs, .special = g.special,
                         .sampling = g.sampling, .n_predict = g.n_predict, .stop = g.stop, .n_stop = g.n_stop};
@@ -605,6 +720,7 @@ static enum MHD_Result handle_generate(km_api *a, struct MHD_Connection *c, conn
                                                                   : MHD_HTTP_SERVICE_UNAVAILABLE,
                            "server_error", NULL, "%s", st.error);
         else {
+            km_node_observe_estimate(a->node, "local", g.est_ms, st.queue_ms + st.result.ttft_ms);
             count_request(a, ep, MHD_HTTP_OK);
             r = send_json(c, MHD_HTTP_OK, response_json(a, &g, id, created, chunk, seen, &st), NULL);
         }
@@ -760,7 +876,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         if (!post)
             return send_error(a, c, "method", MHD_HTTP_METHOD_NOT_ALLOWED, "invalid_request_error", NULL,
                               "%s needs POST", url);
-        return handle_generate(a, c, cn, url[4] == 'c' && url[5] == 'h');
+        return handle_generate(a, c, cn, url, url[4] == 'c' && url[5] == 'h');
     }
     if (strncmp(url, "/peer/", 6) == 0) return handle_peer(a, c, cn, method, url);
     if (get && strcmp(url, "/v1/models") == 0) return handle_models(a, c);

@@ -32,6 +32,7 @@ typedef struct peer {
     uint64_t incarnation, cat_version; /* of the catalog held */
     catref *cat;                       /* NULL until fetched */
     km_linkfit link;
+    int forwards;  /* our forwarded requests in flight to it */
 } peer;
 
 struct km_mesh {
@@ -51,6 +52,8 @@ struct km_mesh {
     pthread_cond_t wake;
     km_metrics *metrics;
     km_counter *rounds_ok, *rounds_failed, *catalogs, *denied, *served_states;
+    km_counter *fwd_ok, *fwd_failed;
+    km_counter *route_reuse, *route_fetch, *route_recompute, *route_forward;
 };
 
 km_mesh_params km_mesh_default_params(void) {
@@ -539,6 +542,113 @@ void km_mesh_handle(km_mesh *m, const char *method, const char *path, const char
     if (m->auth) km_peerauth_sign_response(m->auth, auth, *status, *body, *len, resp_auth, resp_auth_cap);
 }
 
+/* ------------------------------------------------------------- routing */
+
+/* Forwarding must beat the best local path by this much: estimates are
+ * rough, and a forward that barely wins is not worth a second hop. */
+#define FORWARD_MARGIN 0.85
+#define FORWARD_MIN_GAIN_MS 5.0
+#define DEFAULT_RTT_MS 2.0
+
+void km_mesh_route(km_mesh *m, const km_prompt_plan *plan, km_route *out) {
+    memset(out, 0, sizeof *out);
+    int local_reuse = plan->local_hit >= 0 ? plan->bounds[plan->local_hit] : 0;
+    double rate = plan->prefill_tok_ms;
+    out->path = local_reuse > 0 ? "reuse" : "recompute";
+    out->est_local_ms = out->est_ms = plan->local_ms;
+    km_member *snap = rate > 0 ? malloc((size_t)m->p.members.max_members * sizeof *snap) : NULL;
+    if (!snap) { /* nothing measured yet: run here, which measures */
+        km_counter_inc(local_reuse > 0 ? m->route_reuse : m->route_recompute);
+        return;
+    }
+    int n = km_members_snapshot(m->members, snap, m->p.members.max_members);
+    if (n > m->p.members.max_members) n = m->p.members.max_members;
+    km_route fwd = {.est_ms = -1};
+    pthread_mutex_lock(&m->lock);
+    for (int k = 0; k < n; k++) {
+        km_member *mb = &snap[k];
+        peer *p = mb->self || mb->state == KM_MEMBER_DEAD ? NULL : find_peer(m, mb->id);
+        if (!p || !p->cat) continue;
+        int hold = 0; /* the longest boundary its catalog may hold */
+        for (int i = plan->n_bounds - 1; i >= 0 && !hold; i--)
+            if (km_catalog_check(p->cat->cat, plan->keys[i])) hold = plan->bounds[i];
+        if (hold <= local_reuse) continue;
+        /* fetch its state and finish here */
+        double move = km_linkfit_fetch_ms(&p->link, km_node_state_size_estimate(m->node, hold));
+        double fetch = move >= 0 ? plan->wait_ms + move + (plan->n_tokens - hold) / rate : -1;
+        if (fetch >= 0 && fetch < out->est_local_ms) {
+            out->est_local_ms = fetch;
+            out->path = "fetch";
+            out->peer_prefix = hold;
+            snprintf(out->id, sizeof out->id, "%s", p->id);
+        }
+        /* or forward the request to it: its queue (plus what we sent it
+         * since its last gossip) at its measured rate, two link delays */
+        double prate = mb->prefill_tok_s / 1000.0;
+        if (prate <= 0 || mb->load.queued + p->forwards >= mb->load.queue_max + mb->load.parallel) continue;
+        double rtt, bpm;
+        km_linkfit_params(&p->link, &rtt, &bpm);
+        if (bpm <= 0) rtt = DEFAULT_RTT_MS;
+        double service = plan->service_ms > 0 ? plan->service_ms * rate / prate : 0;
+        int ahead = mb->load.queued + mb->load.running + p->forwards - mb->load.parallel + 1;
+        double wait = ahead > 0 && mb->load.parallel > 0 ? ahead * service / mb->load.parallel : 0;
+        double est = 2 * rtt + wait + (plan->n_tokens - hold) / prate;
+        if (fwd.est_ms < 0 || est < fwd.est_ms) {
+            fwd.est_ms = est;
+            fwd.peer_prefix = hold;
+            snprintf(fwd.id, sizeof fwd.id, "%s", p->id);
+            snprintf(fwd.addr, sizeof fwd.addr, "%s", mb->addr);
+        }
+    }
+    pthread_mutex_unlock(&m->lock);
+    free(snap);
+    out->est_ms = out->est_local_ms;
+    if (fwd.est_ms >= 0 && (out->est_local_ms < 0 || (fwd.est_ms < out->est_local_ms * FORWARD_MARGIN &&
+                                                      fwd.est_ms < out->est_local_ms - FORWARD_MIN_GAIN_MS))) {
+        out->forward = true;
+        out->path = "forward";
+        out->est_ms = fwd.est_ms;
+        out->peer_prefix = fwd.peer_prefix;
+        snprintf(out->id, sizeof out->id, "%s", fwd.id);
+        snprintf(out->addr, sizeof out->addr, "%s", fwd.addr);
+    }
+    km_counter_inc(out->forward                      ? m->route_forward
+                   : strcmp(out->path, "fetch") == 0 ? m->route_fetch
+                   : strcmp(out->path, "reuse") == 0 ? m->route_reuse
+                                                     : m->route_recompute);
+}
+
+void km_mesh_forward_begin(km_mesh *m, const char *id) {
+    pthread_mutex_lock(&m->lock);
+    peer *p = find_peer(m, id);
+    if (p) p->forwards++;
+    pthread_mutex_unlock(&m->lock);
+}
+
+void km_mesh_forward_end(km_mesh *m, const char *id, bool ok, double ms) {
+    pthread_mutex_lock(&m->lock);
+    peer *p = find_peer(m, id);
+    if (p && p->forwards > 0) p->forwards--;
+    pthread_mutex_unlock(&m->lock);
+    km_counter_inc(ok ? m->fwd_ok : m->fwd_failed);
+}
+
+void km_mesh_sign(km_mesh *m, const char *method, const char *path, const uint8_t *body, size_t len, char *out,
+                  size_t cap) {
+    out[0] = '\0';
+    if (m->auth) km_peerauth_sign_request(m->auth, method, path, body, len, out, cap);
+}
+
+int km_mesh_verify(km_mesh *m, const char *method, const char *path, const uint8_t *body, size_t len,
+                   const char *header, km_error *err) {
+    if (!m->auth) return 0;
+    if (km_peerauth_verify_request(m->auth, method, path, body, len, header, err) != 0) {
+        km_counter_inc(m->denied);
+        return -1;
+    }
+    return 0;
+}
+
 /* ------------------------------------------------------------ lifecycle */
 
 static double gauge_alive(void *ud) { return km_members_count(((km_mesh *)ud)->members, KM_MEMBER_ALIVE); }
@@ -588,6 +698,14 @@ km_mesh *km_mesh_start(const km_mesh_params *p, km_node *node, km_metrics *metri
         m->denied = km_metrics_counter(metrics, "kvmesh_peer_requests_denied_total",
                                        "Peer requests refused by the mesh authentication", NULL);
         m->served_states = km_metrics_counter(metrics, "kvmesh_peer_states_served_total", "States sent to peers", NULL);
+        const char *fw = "Requests forwarded to a peer, by outcome (failed ones ran here)";
+        m->fwd_ok = km_metrics_counter(metrics, "kvmesh_forwards_total", fw, "result=\"ok\"");
+        m->fwd_failed = km_metrics_counter(metrics, "kvmesh_forwards_total", fw, "result=\"failed\"");
+        const char *pd = "Planner decisions: the path estimated fastest for a request";
+        m->route_reuse = km_metrics_counter(metrics, "kvmesh_planner_decisions_total", pd, "path=\"reuse\"");
+        m->route_fetch = km_metrics_counter(metrics, "kvmesh_planner_decisions_total", pd, "path=\"fetch\"");
+        m->route_recompute = km_metrics_counter(metrics, "kvmesh_planner_decisions_total", pd, "path=\"recompute\"");
+        m->route_forward = km_metrics_counter(metrics, "kvmesh_planner_decisions_total", pd, "path=\"forward\"");
         const char *ph = "Peers by state";
         km_metrics_gauge_fn(metrics, "kvmesh_peers", ph, "state=\"alive\"", gauge_alive, m);
         km_metrics_gauge_fn(metrics, "kvmesh_peers", ph, "state=\"suspect\"", gauge_suspect, m);

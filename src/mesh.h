@@ -75,6 +75,38 @@ typedef struct km_peer_info {
  * (copies at most max). */
 int km_mesh_peers(km_mesh *m, km_peer_info *out, int max);
 
+/* ---- planning: run here, or forward to the peer holding the prefix ---- */
+
+typedef struct km_route {
+    bool forward;            /* true: send the request to addr */
+    char id[KM_MEMBER_ID_MAX + 1];
+    char addr[KM_MEMBER_ADDR_MAX + 1];
+    const char *path;        /* "reuse", "fetch", "recompute" or "forward" */
+    double est_ms;           /* estimated time to the first token on the chosen path */
+    double est_local_ms;     /* ... on the best local path (reuse / fetch / recompute) */
+    int peer_prefix;         /* tokens the chosen peer may hold (forward / fetch) */
+} km_route;
+
+/* Estimate every path for a planned prompt -- reuse the local prefix, fetch
+ * a peer's longer one, forward to the peer holding it, recompute -- from the
+ * measured rates (this node's prefill rate and service time, each peer's
+ * gossiped rate and load, per-peer link fits) and pick the fastest. A peer
+ * whose queue is full, or that already has requests we forwarded waiting,
+ * costs accordingly (no hotspot); forwarding must win by a margin. */
+void km_mesh_route(km_mesh *m, const km_prompt_plan *plan, km_route *out);
+/* A forward to id started / ended (counts against its load until gossip shows it). */
+void km_mesh_forward_begin(km_mesh *m, const char *id);
+void km_mesh_forward_end(km_mesh *m, const char *id, bool ok, double ms);
+
+/* Sign a request to a peer (header value into out, KM_PEERAUTH_HEADER_MAX);
+ * "" without a mesh secret. */
+void km_mesh_sign(km_mesh *m, const char *method, const char *path, const uint8_t *body, size_t len, char *out,
+                  size_t cap);
+/* Check a request claiming to come from a peer (forwarded requests): 0 if
+ * authentic (always 0 without a mesh secret). */
+int km_mesh_verify(km_mesh *m, const char *method, const char *path, const uint8_t *body, size_t len,
+                   const char *header, km_error *err);
+
 /* This node's id in the mesh. */
 const char *km_mesh_id(const km_mesh *m);
 

@@ -83,6 +83,8 @@ struct km_node {
     int queued, running;
     bool stopping, shut;
     double prefill_tok_per_ms; /* the workers' latest measured rate */
+    double service_ms;         /* EWMA of how long a job holds a context */
+    km_histogram *est_ratio_local, *est_ratio_forward;
 
     /* the mesh's peers, for requests (src_users: requests holding remotes) */
     km_peer_source peers;
@@ -392,6 +394,7 @@ static void run_job(worker *w, km_job *j) {
     pthread_mutex_lock(&n->lock);
     if (peers && --n->src_users == 0) pthread_cond_broadcast(&n->src_idle);
     if (w->planner.prefill_tok_per_ms > 0) n->prefill_tok_per_ms = w->planner.prefill_tok_per_ms;
+    if (rc == 0) n->service_ms = n->service_ms > 0 ? n->service_ms + 0.3 * (res.ttlt_ms - n->service_ms) : res.ttlt_ms;
     pthread_mutex_unlock(&n->lock);
 
     pthread_mutex_lock(&j->lock);
@@ -480,6 +483,62 @@ static void *housekeeper_main(void *arg) {
     return NULL;
 }
 
+int km_node_plan(km_node *n, const char *const *segs, int n_segs, bool special, km_prompt_plan *out, km_error *err) {
+    memset(out, 0, sizeof *out);
+    out->local_hit = -1;
+    int32_t *toks;
+    int *ends;
+    if (km_tokenize_segments(n->model, segs, n_segs, special, &toks, &out->n_tokens, &ends, err) != 0) return -1;
+    if (out->n_tokens == 0) {
+        free(toks);
+        free(ends);
+        return km_error_set(err, "the prompt is empty");
+    }
+    out->bounds = malloc((size_t)out->n_tokens * sizeof *out->bounds);
+    out->keys = malloc((size_t)out->n_tokens * sizeof *out->keys);
+    if (!out->bounds || !out->keys) {
+        free(toks);
+        free(ends);
+        km_prompt_plan_free(out);
+        return km_error_set(err, "out of memory");
+    }
+    out->n_bounds = km_boundaries(ends, n_segs > 1 ? n_segs : 0, out->n_tokens, n->p.block_size, out->bounds);
+    km_keys_for_boundaries(km_ctx_root_key(n->workers[0].ctx, n->p.salt), toks, out->bounds, out->n_bounds, out->keys);
+    free(toks);
+    free(ends);
+    for (int i = out->n_bounds - 1; i >= 0 && out->local_hit < 0; i--)
+        if (km_store_contains(n->store, out->keys[i])) out->local_hit = i;
+
+    pthread_mutex_lock(&n->lock);
+    double rate = n->prefill_tok_per_ms, service = n->service_ms;
+    int ahead = n->queued + n->running - n->p.n_parallel + 1; /* jobs to finish before ours starts */
+    int parallel = n->p.n_parallel;
+    pthread_mutex_unlock(&n->lock);
+    out->prefill_tok_ms = rate;
+    out->service_ms = service;
+    out->wait_ms = ahead > 0 ? ahead * service / parallel : 0;
+    int reused = out->local_hit >= 0 ? out->bounds[out->local_hit] : 0;
+    out->local_ms = rate > 0 ? out->wait_ms + (out->n_tokens - reused) / rate : -1;
+    return 0;
+}
+
+size_t km_node_state_size_estimate(km_node *n, int n_tokens) {
+    return km_state_size_estimate(n->workers[0].ctx, n_tokens);
+}
+
+void km_prompt_plan_free(km_prompt_plan *p) {
+    free(p->bounds);
+    free(p->keys);
+    p->bounds = NULL;
+    p->keys = NULL;
+}
+
+void km_node_observe_estimate(km_node *n, const char *path, double est_ms, double actual_ms) {
+    if (est_ms <= 0 || actual_ms <= 0) return;
+    km_histogram *h = strcmp(path, "forward") == 0 ? n->est_ratio_forward : n->est_ratio_local;
+    km_histogram_observe(h, actual_ms / est_ms);
+}
+
 uint64_t km_node_catalog_version(km_node *n) {
     catalog_refresh(n);
     pthread_mutex_lock(&n->cat_lock);
@@ -542,6 +601,11 @@ static void metrics_register(km_node *n) {
                                    NULL, km_metrics_latency_buckets, km_metrics_n_latency_buckets);
     m->queue_wait = km_metrics_histogram(M, "kvmesh_queue_wait_seconds", "Time requests waited for a context", NULL,
                                          km_metrics_latency_buckets, km_metrics_n_latency_buckets);
+    static const double ratio_buckets[] = {0.25, 0.5, 0.67, 0.8, 0.9, 1.1, 1.25, 1.5, 2, 4};
+    const char *er = "Planner estimate error: measured / estimated time to first token, by path taken";
+    n->est_ratio_local = km_metrics_histogram(M, "kvmesh_planner_estimate_ratio", er, "path=\"local\"", ratio_buckets, 10);
+    n->est_ratio_forward =
+        km_metrics_histogram(M, "kvmesh_planner_estimate_ratio", er, "path=\"forward\"", ratio_buckets, 10);
     km_metrics_gauge_fn(M, "kvmesh_queue_length", "Requests waiting for a context", NULL, gauge_queued, n);
     km_metrics_gauge_fn(M, "kvmesh_in_flight", "Requests being computed", NULL, gauge_running, n);
 }

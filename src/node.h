@@ -105,6 +105,29 @@ int km_job_wait(km_job *j, size_t seen, int timeout_ms, char **chunk, size_t *ch
 void km_job_cancel(km_job *j);
 void km_job_release(km_job *j);
 
+/* ---- planning (where to run a request) ---- */
+
+/* A prompt as the cache sees it, with this node's estimate of serving it. */
+typedef struct km_prompt_plan {
+    int n_tokens, n_bounds;
+    int *bounds;          /* malloc'd (km_prompt_plan_free) */
+    km_key *keys;         /* key of each boundary */
+    int local_hit;        /* longest boundary held locally, -1 none */
+    double wait_ms;       /* estimated wait for a context here */
+    double local_ms;      /* estimated wait + prefill here, reusing the local hit; < 0 unknown */
+    double prefill_tok_ms; /* this node's measured prefill rate (0 = unknown) */
+    double service_ms;    /* mean time a request holds a context here (0 = unknown) */
+} km_prompt_plan;
+
+/* Tokenize and key a prompt given as for a job, and estimate it here. */
+int km_node_plan(km_node *n, const char *const *segs, int n_segs, bool special, km_prompt_plan *out, km_error *err);
+void km_prompt_plan_free(km_prompt_plan *p);
+/* Estimated state bytes of a prefix of n_tokens (for fetch estimates). */
+size_t km_node_state_size_estimate(km_node *n, int n_tokens);
+/* Record how a request the plan estimated at est_ms actually went (ms from
+ * submit to first token), for the estimate-error metric. */
+void km_node_observe_estimate(km_node *n, const char *path, double est_ms, double actual_ms);
+
 /* ---- state for the API and the mesh ---- */
 
 typedef struct km_node_load {

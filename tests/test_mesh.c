@@ -186,6 +186,12 @@ static void test_secret_and_bad_messages(void **state) {
     assert_int_equal(r.status, 413);
     free(r.body);
     free(huge);
+    /* a request claiming to be forwarded must carry the mesh's signature */
+    const char *hop[] = {"X-Kvmesh-Hops: 1", NULL};
+    r = tu_http(a.url, "POST", "/v1/completions", Q, hop);
+    assert_int_equal(r.status, 401);
+    assert_non_null(strstr(r.body, "forwarded request"));
+    free(r.body);
     km_peerauth_free(pa);
     r = tu_http(a.url, "GET", "/health", NULL, NULL);
     assert_int_equal(r.status, 200);
@@ -253,6 +259,73 @@ static void test_peer_dies_and_returns(void **state) {
     free(cache);
 }
 
+/* A slow node (time dilation x30) forwards a prompt whose long prefix a fast
+ * peer holds: the fast peer answers it (text as if asked directly), the
+ * planner counted the forward. With the peer killed, the same choice falls
+ * back to running here. A request claiming to be forwarded is only taken
+ * with the mesh's signature when there is a mesh secret. */
+static void test_forward_to_holder(void **state) {
+    const char *a_args[] = {"--gossip-ms", "100", NULL};
+    tu_node a = start(a_args);
+    char seed[64];
+    snprintf(seed, sizeof seed, "127.0.0.1:%d", a.port);
+    const char *b_args[] = {"--gossip-ms", "100", "--slowdown", "30", "--peers", seed, NULL};
+    tu_node b = start(b_args);
+    char words[2000] = "";
+    for (int i = 0; i < 150; i++) snprintf(words + strlen(words), sizeof words - strlen(words), "w%d ", i);
+    char q_rate[2400], q_long[2400], q_long2[2400];
+    snprintf(q_rate, sizeof q_rate, "{\"cache_segments\":[\"Rate probe %s\",\"x\"],\"max_tokens\":1,\"temperature\":0}", words);
+    snprintf(q_long, sizeof q_long, "{\"cache_segments\":[\"Shared %s\",\"Q1?\"],\"max_tokens\":3,\"temperature\":0}", words);
+    snprintf(q_long2, sizeof q_long2, "{\"cache_segments\":[\"Shared %s\",\"Q2?\"],\"max_tokens\":3,\"temperature\":0}", words);
+    /* both learn their prefill rates; A computes the shared prefix */
+    tu_resp r = tu_http(b.url, "POST", "/v1/completions", q_rate, NULL);
+    assert_int_equal(r.status, 200);
+    free(r.body);
+    r = tu_http(a.url, "POST", "/v1/completions", q_rate, NULL);
+    free(r.body);
+    r = tu_http(a.url, "POST", "/v1/completions", q_long, NULL);
+    assert_int_equal(r.status, 200);
+    free(r.body);
+    assert_true(wait_peer_catalog(&b, 3) >= 3); /* rate probe: 1 boundary; shared: 2 */
+    for (int i = 0; i < 50 && metric(&b, "kvmesh_peers{state=\"alive\"} ") < 1; i++) usleep(100000);
+
+    tu_resp viab = tu_http(b.url, "POST", "/v1/completions", q_long2, NULL);
+    assert_int_equal(viab.status, 200);
+    assert_int_equal(metric(&b, "kvmesh_forwards_total{result=\"ok\"} "), 1);
+    assert_int_equal(metric(&b, "kvmesh_planner_decisions_total{path=\"forward\"} "), 1);
+    tu_resp direct = tu_http(a.url, "POST", "/v1/completions", q_long2, NULL);
+    json_t *jb = parse(&viab), *ja = parse(&direct);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(json_object_get(jb, "choices"), 0), "text")),
+                        json_string_value(json_object_get(json_array_get(json_object_get(ja, "choices"), 0), "text")));
+    /* A reused the shared prefix for the forwarded request */
+    assert_true(json_integer_value(json_object_get(json_object_get(jb, "timings"), "cached_n")) > 150);
+    json_decref(ja);
+    json_decref(jb);
+    free(viab.body);
+    free(direct.body);
+
+    /* the holder dies: the forward fails and B runs the request itself */
+    kill(a.pid, SIGKILL);
+    waitpid(a.pid, NULL, 0);
+    a.pid = 0;
+    char q_long3[2400];
+    snprintf(q_long3, sizeof q_long3, "{\"cache_segments\":[\"Shared %s\",\"Q3?\"],\"max_tokens\":2,\"temperature\":0}", words);
+    r = tu_http(b.url, "POST", "/v1/completions", q_long3, NULL);
+    assert_int_equal(r.status, 200);
+    assert_int_equal(metric(&b, "kvmesh_forwards_total{result=\"failed\"} "), 1);
+    free(r.body);
+    /* a request that claims to be forwarded, without a mesh secret: taken
+     * (loopback-only mesh) but never forwarded again */
+    const char *hop[] = {"X-Kvmesh-Hops: 1", NULL};
+    r = tu_http(b.url, "POST", "/v1/completions", q_long2, hop);
+    assert_int_equal(r.status, 200);
+    assert_int_equal(metric(&b, "kvmesh_forwards_total{result=\"failed\"} "), 1);
+    free(r.body);
+
+    assert_int_equal(tu_node_stop(&b), 0);
+    tu_node_stop(&a);
+}
+
 int main(void) {
     if (access(tu_model("tiny-f16.gguf"), R_OK) != 0) {
         printf("SKIP: test models missing\n");
@@ -262,6 +335,7 @@ int main(void) {
         cmocka_unit_test(test_peer_fetch),
         cmocka_unit_test(test_secret_and_bad_messages),
         cmocka_unit_test(test_peer_dies_and_returns),
+        cmocka_unit_test(test_forward_to_holder),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
