@@ -550,9 +550,41 @@ void km_mesh_handle(km_mesh *m, const char *method, const char *path, const char
 #define FORWARD_MIN_GAIN_MS 5.0
 #define DEFAULT_RTT_MS 2.0
 
+/* The policy of arXiv 2606.17059, for comparison: forward to the peer whose
+ * catalog may hold the longest prefix (longer than ours), whatever its load. */
+static void route_longest_prefix(km_mesh *m, const km_prompt_plan *plan, km_route *out) {
+    int best = plan->local_hit >= 0 ? plan->bounds[plan->local_hit] : 0;
+    pthread_mutex_lock(&m->lock);
+    for (int k = 0; k < m->n_peers; k++) {
+        peer *p = &m->peers[k];
+        if (!p->cat) continue;
+        for (int i = plan->n_bounds - 1; i >= 0; i--) {
+            if (plan->bounds[i] <= best) break;
+            if (km_catalog_check(p->cat->cat, plan->keys[i])) {
+                best = plan->bounds[i];
+                out->forward = true;
+                out->peer_prefix = best;
+                snprintf(out->id, sizeof out->id, "%s", p->id);
+                snprintf(out->addr, sizeof out->addr, "%s", p->addr);
+                break;
+            }
+        }
+    }
+    pthread_mutex_unlock(&m->lock);
+    if (out->forward) out->path = "forward";
+}
+
 void km_mesh_route(km_mesh *m, const km_prompt_plan *plan, km_route *out) {
     memset(out, 0, sizeof *out);
     int local_reuse = plan->local_hit >= 0 ? plan->bounds[plan->local_hit] : 0;
+    km_route_mode mode = km_node_route_mode(m->node);
+    if (mode != KM_ROUTE_PLANNER) {
+        out->path = local_reuse > 0 ? "reuse" : "recompute";
+        out->est_local_ms = out->est_ms = plan->local_ms;
+        if (mode == KM_ROUTE_FORWARD) route_longest_prefix(m, plan, out);
+        km_counter_inc(out->forward ? m->route_forward : local_reuse > 0 ? m->route_reuse : m->route_recompute);
+        return;
+    }
     double rate = plan->prefill_tok_ms;
     out->path = local_reuse > 0 ? "reuse" : "recompute";
     out->est_local_ms = out->est_ms = plan->local_ms;

@@ -113,6 +113,19 @@ km_node_params km_node_default_params(void) {
     return p;
 }
 
+static const char *const route_names[] = {"planner", "fetch", "forward", "isolated"};
+
+int km_route_mode_parse(const char *s, km_route_mode *out) {
+    for (int i = 0; i < 4; i++)
+        if (strcmp(s, route_names[i]) == 0) {
+            *out = (km_route_mode)i;
+            return 0;
+        }
+    return -1;
+}
+
+const char *km_route_mode_name(km_route_mode m) { return (unsigned)m < 4 ? route_names[m] : "?"; }
+
 /* ------------------------------------------------------------------ jobs */
 
 static void job_free(km_job *j) {
@@ -370,7 +383,7 @@ static void run_job(worker *w, km_job *j) {
 
     km_peer_source src;
     pthread_mutex_lock(&n->lock);
-    bool peers = n->has_peers;
+    bool peers = n->has_peers && (n->p.route == KM_ROUTE_PLANNER || n->p.route == KM_ROUTE_FETCH);
     if (peers) {
         src = n->peers;
         n->src_users++;
@@ -382,7 +395,8 @@ static void run_job(worker *w, km_job *j) {
     km_pcache_opts o = km_pcache_default_opts();
     o.salt = n->p.salt;
     o.redis = n->redis;
-    o.planner = &w->planner;
+    /* the paper's policy fetches whatever may be there: no planner to say no */
+    o.planner = n->p.route == KM_ROUTE_FETCH ? NULL : &w->planner;
     o.remotes = remotes;
     o.n_remotes = n_remotes;
     km_request req = {.segs = (const char *const *)j->segs, .n_segs = j->n_segs, .segment_bounds = j->n_segs > 1,
@@ -728,6 +742,7 @@ void km_node_free(km_node *n) {
 km_model *km_node_model(km_node *n) { return n->model; }
 const char *km_node_model_name(const km_node *n) { return n->model_name; }
 km_store *km_node_store(km_node *n) { return n->store; }
+km_route_mode km_node_route_mode(const km_node *n) { return n->p.route; }
 km_link *km_node_link(km_node *n) { return n->link; }
 
 km_node_load km_node_get_load(km_node *n) {

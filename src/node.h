@@ -30,6 +30,19 @@
 typedef struct km_node km_node;
 typedef struct km_job km_job;
 
+/* How a node uses its peers (the planner, or the fixed policies it is
+ * compared with in `kvmesh bench fleet`). */
+typedef enum km_route_mode {
+    KM_ROUTE_PLANNER = 0, /* the fastest estimated path: reuse, fetch, forward or recompute */
+    KM_ROUTE_FETCH,       /* always fetch a peer's longer prefix, never forward (the paper's way) */
+    KM_ROUTE_FORWARD,     /* forward to the peer with the longest prefix, never fetch (arXiv 2606.17059) */
+    KM_ROUTE_ISOLATED,    /* no sharing: own states only */
+} km_route_mode;
+
+/* "planner", "fetch", "forward", "isolated" <-> km_route_mode. */
+int km_route_mode_parse(const char *s, km_route_mode *out);
+const char *km_route_mode_name(km_route_mode m);
+
 typedef struct km_node_params {
     const char *model_path;
     int n_parallel;         /* requests computed at once, one context each (default 1) */
@@ -41,9 +54,11 @@ typedef struct km_node_params {
     const char *salt;       /* key-space salt (NULL: none) */
     int block_size;         /* cache every N tokens of prompts without segments (default 256) */
     km_catalog_params catalog; /* the catalog of this node's states (gossiped to peers) */
+    km_route_mode route;    /* default KM_ROUTE_PLANNER */
 } km_node_params;
 
 km_node_params km_node_default_params(void);
+km_route_mode km_node_route_mode(const km_node *n);
 
 /* Load the model, create the contexts, open the stores, start the workers.
  * metrics (may be NULL) gets the node's series. */

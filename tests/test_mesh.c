@@ -111,6 +111,34 @@ static void test_peer_fetch(void **state) {
     assert_int_equal(tu_node_stop(&a), 0);
 }
 
+/* The comparison policies: an isolated node never uses a peer's state, a
+ * fetch-only node always does. */
+static void test_route_modes(void **state) {
+    const char *a_args[] = {"--gossip-ms", "100", NULL};
+    tu_node a = start(a_args);
+    char seed[64];
+    snprintf(seed, sizeof seed, "127.0.0.1:%d", a.port);
+    const char *iso_args[] = {"--gossip-ms", "100", "--route", "isolated", "--peers", seed, NULL};
+    const char *fetch_args[] = {"--gossip-ms", "100", "--route", "fetch", "--peers", seed, NULL};
+    tu_node iso = start(iso_args), fetch = start(fetch_args);
+    char src[32];
+    char *text_a = ask(&a, src, sizeof src);
+    assert_true(wait_peer_catalog(&iso, 3) >= 3);
+    assert_true(wait_peer_catalog(&fetch, 3) >= 3);
+    char *t_iso = ask(&iso, src, sizeof src);
+    assert_string_equal(src, "none");
+    char *t_fetch = ask(&fetch, src, sizeof src);
+    assert_string_equal(src, "peer");
+    assert_string_equal(t_iso, text_a);
+    assert_string_equal(t_fetch, text_a);
+    free(text_a);
+    free(t_iso);
+    free(t_fetch);
+    assert_int_equal(tu_node_stop(&fetch), 0);
+    assert_int_equal(tu_node_stop(&iso), 0);
+    assert_int_equal(tu_node_stop(&a), 0);
+}
+
 /* With a mesh secret: members share; a node with another secret is shut
  * out (its gossip is refused, it learns no peer); unsigned, forged,
  * replayed and oversized peer requests are refused. */
@@ -333,6 +361,7 @@ int main(void) {
     }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_peer_fetch),
+        cmocka_unit_test(test_route_modes),
         cmocka_unit_test(test_secret_and_bad_messages),
         cmocka_unit_test(test_peer_dies_and_returns),
         cmocka_unit_test(test_forward_to_holder),

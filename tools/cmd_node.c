@@ -31,6 +31,9 @@ static void node_usage(FILE *f) {
             "      --mesh-secret-file F  shared secret of the mesh (>= 16 bytes, mode 600): peer calls\n"
             "                          are authenticated with it (HMAC, replay window)\n"
             "      --gossip-ms MS      gossip period (default 1000)\n"
+            "      --route MODE        planner (default: fastest estimated path), fetch (always fetch\n"
+            "                          a peer's prefix), forward (to the peer with the longest prefix),\n"
+            "                          isolated (no sharing) -- the last three for comparisons\n"
             "      --api-key-file F    require 'Authorization: Bearer <key>' on /v1/ (key = the file's\n"
             "                          first line)\n"
             "      --insecure          listen beyond loopback without an API key and a mesh secret\n"
@@ -75,7 +78,7 @@ int cmd_node(int argc, char **argv) {
     int insecure = 0;
     double ram_mb = 256;
     enum { O_KEY = 1000, O_INSECURE, O_PAR, O_QUEUE, O_CTX, O_KV, O_CACHE, O_RAM, O_STORE, O_LINK, O_SLOW, O_BLOCK,
-           O_SALT, O_MAXBODY, O_PORTFILE, O_PEERS, O_ADVERTISE, O_SECRET, O_GOSSIP };
+           O_SALT, O_MAXBODY, O_PORTFILE, O_PEERS, O_ADVERTISE, O_SECRET, O_GOSSIP, O_ROUTE };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},          {"listen", required_argument, 0, 'l'},
         {"api-key-file", required_argument, 0, O_KEY}, {"insecure", no_argument, 0, O_INSECURE},
@@ -88,6 +91,7 @@ int cmd_node(int argc, char **argv) {
         {"max-body", required_argument, 0, O_MAXBODY}, {"port-file", required_argument, 0, O_PORTFILE},
         {"peers", required_argument, 0, O_PEERS},      {"advertise", required_argument, 0, O_ADVERTISE},
         {"mesh-secret-file", required_argument, 0, O_SECRET}, {"gossip-ms", required_argument, 0, O_GOSSIP},
+        {"route", required_argument, 0, O_ROUTE},
         {"verbose", no_argument, 0, 'v'},              {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0}};
     int ch;
@@ -121,6 +125,12 @@ int cmd_node(int argc, char **argv) {
         case O_ADVERTISE: advertise = optarg; break;
         case O_SECRET: secret_file = optarg; break;
         case O_GOSSIP: mp.gossip_ms = atoi(optarg); break;
+        case O_ROUTE:
+            if (km_route_mode_parse(optarg, &np.route) != 0) {
+                fprintf(stderr, "kvmesh node: --route must be planner, fetch, forward or isolated, not '%s'\n", optarg);
+                return 2;
+            }
+            break;
         case 'v': km_log_level++; break;
         case 'h': node_usage(stdout); return 0;
         default: node_usage(stderr); return 2;
@@ -216,8 +226,8 @@ int cmd_node(int argc, char **argv) {
     km_api_set_mesh(api, mesh);
     char desc[256];
     km_model_describe(km_node_model(node), desc, sizeof desc);
-    km_info("kvmesh node: serving %s (%s) on http://%s:%d (%d parallel, queue %d)", km_node_model_name(node), desc,
-            host, km_api_port(api), np.n_parallel, np.queue_max);
+    km_info("kvmesh node: serving %s (%s) on http://%s:%d (%d parallel, queue %d, route %s)", km_node_model_name(node),
+            desc, host, km_api_port(api), np.n_parallel, np.queue_max, km_route_mode_name(np.route));
     if (port_file) {
         char buf[16];
         int l = snprintf(buf, sizeof buf, "%d\n", km_api_port(api));
