@@ -6,8 +6,12 @@
  * a restarted peer (disk cache kept) is used again. */
 #include "testutil.h"
 
+#include <arpa/inet.h>
 #include <jansson.h>
+#include <netinet/in.h>
+#include <pthread.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -354,6 +358,126 @@ static void test_forward_to_holder(void **state) {
     tu_node_stop(&a);
 }
 
+/* ---- a peer that vanishes mid-transfer: a relay in front of node A that
+ * cuts every state download after CUT_AFTER bytes of the answer ---- */
+
+#define CUT_AFTER 3000
+
+typedef struct relay {
+    int listen_fd, port, target_port;
+    volatile int cuts;
+    pthread_t thread;
+} relay;
+
+typedef struct relay_conn {
+    relay *r;
+    int client;
+} relay_conn;
+
+static void *relay_conn_main(void *arg) {
+    relay_conn *rc = arg;
+    int up = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)rc->r->target_port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(up, (struct sockaddr *)&a, sizeof a) != 0) goto out;
+    char buf[65536];
+    ssize_t n = recv(rc->client, buf, sizeof buf, 0); /* the request (small: headers + gossip body) */
+    if (n <= 0) goto out;
+    bool state_get = n > 20 && memcmp(buf, "GET /peer/v1/state/", 19) == 0;
+    if (send(up, buf, (size_t)n, 0) != n) goto out;
+    /* a POST body may follow the headers in later segments: pass it on */
+    size_t sent_back = 0;
+    for (;;) {
+        fd_set fds;
+        FD_ZERO(&fds);
+        FD_SET(rc->client, &fds);
+        FD_SET(up, &fds);
+        struct timeval tv = {5, 0};
+        if (select((up > rc->client ? up : rc->client) + 1, &fds, NULL, NULL, &tv) <= 0) break;
+        if (FD_ISSET(rc->client, &fds)) {
+            n = recv(rc->client, buf, sizeof buf, 0);
+            if (n <= 0 || send(up, buf, (size_t)n, 0) != n) break;
+        }
+        if (FD_ISSET(up, &fds)) {
+            n = recv(up, buf, sizeof buf, 0);
+            if (n <= 0) break;
+            if (state_get && sent_back + (size_t)n > CUT_AFTER) { /* the peer "dies" here */
+                send(rc->client, buf, CUT_AFTER - sent_back, 0);
+                rc->r->cuts++;
+                break;
+            }
+            if (send(rc->client, buf, (size_t)n, 0) != n) break;
+            sent_back += (size_t)n;
+        }
+    }
+out:
+    close(up);
+    close(rc->client);
+    free(rc);
+    return NULL;
+}
+
+static void *relay_main(void *arg) {
+    relay *r = arg;
+    for (;;) {
+        int c = accept(r->listen_fd, NULL, NULL);
+        if (c < 0) return NULL;
+        relay_conn *rc = malloc(sizeof *rc);
+        rc->r = r;
+        rc->client = c;
+        pthread_t t;
+        pthread_create(&t, NULL, relay_conn_main, rc);
+        pthread_detach(t);
+    }
+}
+
+static void relay_start(relay *r, int target_port) {
+    memset(r, 0, sizeof *r);
+    r->target_port = target_port;
+    r->listen_fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = 0};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(bind(r->listen_fd, (struct sockaddr *)&a, sizeof a), 0);
+    assert_int_equal(listen(r->listen_fd, 16), 0);
+    socklen_t al = sizeof a;
+    getsockname(r->listen_fd, (struct sockaddr *)&a, &al);
+    r->port = ntohs(a.sin_port);
+    pthread_create(&r->thread, NULL, relay_main, r);
+}
+
+/* A's every state download breaks off after 3000 bytes (its states are
+ * bigger): B's fetch fails, B recomputes -- same text -- and keeps serving. */
+static void test_peer_vanishes_mid_transfer(void **state) {
+    relay r;
+    /* A advertises the relay's address: every peer call to A goes through it */
+    int a_port = tu_free_port();
+    relay_start(&r, a_port);
+    char listen_a[64], adv[64];
+    snprintf(listen_a, sizeof listen_a, "127.0.0.1:%d", a_port);
+    snprintf(adv, sizeof adv, "127.0.0.1:%d", r.port);
+    const char *a_args[] = {"--gossip-ms", "100", "--listen", listen_a, "--advertise", adv, NULL};
+    tu_node a = start(a_args);
+    const char *b_args[] = {"--gossip-ms", "100", "--peers", adv, NULL};
+    tu_node b = start(b_args);
+    char src[32];
+    char *text_a = ask(&a, src, sizeof src);
+    assert_true(wait_peer_catalog(&b, 3) >= 3);
+    char *text_b = ask(&b, src, sizeof src);
+    assert_true(r.cuts >= 1);             /* a download was cut */
+    assert_string_equal(src, "none");     /* ... so B computed it */
+    assert_string_equal(text_b, text_a);
+    tu_resp h = tu_http(b.url, "GET", "/health", NULL, NULL);
+    assert_int_equal(h.status, 200);
+    free(h.body);
+    free(text_a);
+    free(text_b);
+    assert_int_equal(tu_node_stop(&b), 0);
+    assert_int_equal(tu_node_stop(&a), 0);
+    shutdown(r.listen_fd, SHUT_RDWR);
+    close(r.listen_fd);
+    pthread_join(r.thread, NULL);
+}
+
 int main(void) {
     if (access(tu_model("tiny-f16.gguf"), R_OK) != 0) {
         printf("SKIP: test models missing\n");
@@ -364,6 +488,7 @@ int main(void) {
         cmocka_unit_test(test_route_modes),
         cmocka_unit_test(test_secret_and_bad_messages),
         cmocka_unit_test(test_peer_dies_and_returns),
+        cmocka_unit_test(test_peer_vanishes_mid_transfer),
         cmocka_unit_test(test_forward_to_holder),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
