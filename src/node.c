@@ -551,6 +551,7 @@ void km_node_observe_estimate(km_node *n, const char *path, double est_ms, doubl
     if (est_ms <= 0 || actual_ms <= 0) return;
     km_histogram *h = strcmp(path, "forward") == 0 ? n->est_ratio_forward : n->est_ratio_local;
     km_histogram_observe(h, actual_ms / est_ms);
+    km_debug("planner: %s estimated %.1f ms, measured %.1f ms (x%.2f)", path, est_ms, actual_ms, actual_ms / est_ms);
 }
 
 uint64_t km_node_catalog_version(km_node *n) {
