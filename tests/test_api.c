@@ -478,6 +478,51 @@ static void test_busy_and_graceful_stop(void **state) {
 
 static size_t on_discard(char *p, size_t sz, size_t nm, void *ud) { return sz * nm; }
 
+/* Two contexts compute two requests at once, with the same answers as one
+ * at a time; a third, with no waiting room, gets 503. */
+static void test_parallel_contexts(void **state) {
+    node_proc n = node_start("--parallel", "2", "--queue", "0", "--slowdown", "40", NULL);
+    const char *q1 = "{\"prompt\":\"First of two parallel requests\",\"max_tokens\":12,\"temperature\":0}";
+    const char *q2 = "{\"prompt\":\"Second of two parallel requests\",\"max_tokens\":12,\"temperature\":0}";
+    bg_req a = {&n, q1, {0}}, b = {&n, q2, {0}};
+    pthread_t ta, tb;
+    pthread_create(&ta, NULL, bg_post, &a);
+    pthread_create(&tb, NULL, bg_post, &b);
+    int running = 0;
+    for (int i = 0; i < 200 && running < 2; i++) {
+        usleep(25000);
+        resp h = http(&n, "GET", "/health", NULL, NULL);
+        json_t *j = parse(&h);
+        running = (int)json_integer_value(json_object_get(j, "running"));
+        json_decref(j);
+        free(h.body);
+    }
+    assert_int_equal(running, 2);
+    resp r = http(&n, "POST", "/v1/completions", "{\"prompt\":\"third\",\"max_tokens\":1}", NULL);
+    expect_error(&r, 503, "server_error", "queue is full");
+    free(r.body);
+    pthread_join(ta, NULL);
+    pthread_join(tb, NULL);
+    assert_int_equal(a.r.status, 200);
+    assert_int_equal(b.r.status, 200);
+    /* the same requests one at a time give the same texts */
+    resp a2 = http(&n, "POST", "/v1/completions", q1, NULL), b2 = http(&n, "POST", "/v1/completions", q2, NULL);
+    json_t *j1 = parse(&a.r), *j2 = parse(&b.r), *k1 = parse(&a2), *k2 = parse(&b2);
+#define TEXT(j) json_string_value(json_object_get(json_array_get(json_object_get(j, "choices"), 0), "text"))
+    assert_string_equal(TEXT(j1), TEXT(k1));
+    assert_string_equal(TEXT(j2), TEXT(k2));
+#undef TEXT
+    json_decref(j1);
+    json_decref(j2);
+    json_decref(k1);
+    json_decref(k2);
+    free(a.r.body);
+    free(b.r.body);
+    free(a2.body);
+    free(b2.body);
+    assert_int_equal(node_stop(&n), 0);
+}
+
 /* A client that goes away mid-stream: the request is cancelled, the node serves on. */
 static void test_client_disconnect(void **state) {
     node_proc n = node_start("--slowdown", "40", NULL);
@@ -524,6 +569,7 @@ int main(void) {
         cmocka_unit_test(test_api_key),
         cmocka_unit_test(test_body_limit),
         cmocka_unit_test(test_busy_and_graceful_stop),
+        cmocka_unit_test(test_parallel_contexts),
         cmocka_unit_test(test_client_disconnect),
     };
     int failed = cmocka_run_group_tests_name("shared node", shared, group_setup, group_teardown);
