@@ -284,6 +284,11 @@ const char *km_nodeproc_addr(const km_nodeproc *p) { return p->addr; }
 int km_nodeproc_pid(const km_nodeproc *p) { return atomic_load(&p->s->pid); }
 const char *km_nodeproc_log(const km_nodeproc *p) { return p->s->log; }
 
+void km_nodeproc_terminate(km_nodeproc *p) {
+    int pid = p ? atomic_load(&p->s->pid) : 0;
+    if (pid > 0) kill(pid, SIGTERM);
+}
+
 int km_nodeproc_stop(km_nodeproc *p, int timeout_ms) {
     if (!p) return -1;
     slot *s = p->s;

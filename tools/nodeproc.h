@@ -40,6 +40,9 @@ const char *km_nodeproc_addr(const km_nodeproc *p);
 int km_nodeproc_pid(const km_nodeproc *p);
 /* Where its output goes. */
 const char *km_nodeproc_log(const km_nodeproc *p);
+/* Ask it to stop (SIGTERM) without waiting: to stop several nodes in the
+ * time of one, terminate each, then km_nodeproc_stop each. */
+void km_nodeproc_terminate(km_nodeproc *p);
 /* SIGTERM (the node finishes running requests), wait at most timeout_ms,
  * then SIGKILL; reap, remove the temp files (a given log_path is kept), free.
  * Returns the exit code, 128 + signal number if it was killed, -1 on NULL. */
