@@ -1,14 +1,12 @@
 #!/usr/bin/env bash
-# The main job: install what is needed, build, make the default model once
-# (a synthetic Gemma 3 270M, q8_0), then show the local prompt cache at work.
-# Extra arguments go to `kvmesh demo` (e.g. --threads 2).
+# The main job: install what is needed, build, then run `kvmesh demo`: three
+# nodes on loopback (emulated slow devices) sharing prompt states, compared
+# with the same stream on nodes that do not share. The demo makes the default
+# model (a synthetic Gemma 3 270M, q8_0, ~300 MB) into models/ on first use.
+# Extra arguments go to `kvmesh demo` (e.g. --nodes 4 --prompts 30).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 "$root/scripts/setup.sh"
 "$root/scripts/build.sh" release
-model=$root/models/gemma3-270m-q8_0.gguf
-if [ ! -f "$model" ]; then
-    echo "[demo] generating the default model (synthetic gemma3-270m, q8_0, ~300 MB) once" >&2
-    "$root/build/kvmesh" gen-model --preset gemma3-270m --type q8_0 --out "$model"
-fi
-exec "$root/build/kvmesh" demo --model "$model" "$@"
+cd "$root" # the default model path, models/gemma3-270m-q8_0.gguf, is relative
+exec "$root/build/kvmesh" demo "$@"
