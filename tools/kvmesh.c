@@ -19,7 +19,7 @@ static const struct {
     int (*fn)(int, char **);
     const char *what;
 } commands[] = {
-    {"demo", cmd_demo, "compare cold and cached prompts on a built-in few-shot stream"},
+    {"demo", cmd_demo, "nodes on loopback sharing prompt states vs isolated ones, on a built-in few-shot stream"},
     {"node", cmd_node, "serve a model over an OpenAI-compatible HTTP API with the prompt cache"},
     {"run", cmd_run, "run a prompt through the local prompt cache and print the text and timings"},
     {"gen-model", cmd_gen_model, "write a synthetic GGUF with the exact shape of a real model"},
