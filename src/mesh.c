@@ -457,12 +457,7 @@ static void *gossip_main(void *arg) {
         pthread_mutex_unlock(&m->wake_lock);
         km_mesh_gossip_now(m);
         pthread_mutex_lock(&m->wake_lock);
-        struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
-        long ns = until.tv_nsec + (long)(m->p.gossip_ms % 1000) * 1000000L;
-        until.tv_sec += m->p.gossip_ms / 1000 + ns / 1000000000L;
-        until.tv_nsec = ns % 1000000000L;
-        if (!m->stop) pthread_cond_timedwait(&m->wake, &m->wake_lock, &until);
+        if (!m->stop) km_cond_wait_ms(&m->wake, &m->wake_lock, m->p.gossip_ms);
     }
     pthread_mutex_unlock(&m->wake_lock);
     return NULL;

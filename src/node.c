@@ -166,20 +166,16 @@ static void job_finish(km_job *j, km_finish f, const char *error, bool bad_reque
 }
 
 int km_job_wait(km_job *j, size_t seen, int timeout_ms, char **chunk, size_t *chunk_len, km_job_status *st) {
-    struct timespec until;
-    if (timeout_ms >= 0) {
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_sec += timeout_ms / 1000;
-        until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-        if (until.tv_nsec >= 1000000000L) {
-            until.tv_sec++;
-            until.tv_nsec -= 1000000000L;
-        }
-    }
+    double deadline = km_now_ms() + timeout_ms;
     pthread_mutex_lock(&j->lock);
     while (j->safe <= seen && j->finish == KM_FINISH_RUNNING) {
-        if (timeout_ms < 0) pthread_cond_wait(&j->changed, &j->lock);
-        else if (pthread_cond_timedwait(&j->changed, &j->lock, &until) != 0) break;
+        if (timeout_ms < 0) {
+            pthread_cond_wait(&j->changed, &j->lock);
+        } else {
+            double left = deadline - km_now_ms();
+            if (left <= 0) break;
+            km_cond_wait_ms(&j->changed, &j->lock, left);
+        }
     }
     *chunk = NULL;
     *chunk_len = 0;
@@ -484,14 +480,7 @@ static void *housekeeper_main(void *arg) {
         pthread_mutex_unlock(&n->lock);
         catalog_refresh(n);
         pthread_mutex_lock(&n->lock);
-        struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_nsec += CATALOG_CHECK_MS * 1000000L;
-        if (until.tv_nsec >= 1000000000L) {
-            until.tv_sec++;
-            until.tv_nsec -= 1000000000L;
-        }
-        if (!n->stopping) pthread_cond_timedwait(&n->hk_wake, &n->lock, &until);
+        if (!n->stopping) km_cond_wait_ms(&n->hk_wake, &n->lock, CATALOG_CHECK_MS);
     }
     pthread_mutex_unlock(&n->lock);
     return NULL;

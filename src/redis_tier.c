@@ -227,16 +227,6 @@ static redisReply *command(km_redis *r, conn *cn, km_error *err, const char *wha
     return rep;
 }
 
-/* pthread_cond_timedwait for at most ms milliseconds. */
-static void timed_wait(pthread_cond_t *cond, pthread_mutex_t *lock, double ms) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    long ns = ts.tv_nsec + (long)(ms * 1e6);
-    ts.tv_sec += ns / 1000000000L;
-    ts.tv_nsec = ns % 1000000000L;
-    pthread_cond_timedwait(cond, lock, &ts);
-}
-
 void km_redis_state_key(const km_redis *r, km_key key, char *out, size_t len) {
     char hex[2 * KM_KEY_LEN + 1];
     km_key_hex(key, hex);
@@ -328,7 +318,7 @@ static void *writer_main(void *arg) {
             r->q_len++;
             r->q_bytes += j->len;
             double wait = r->wr.next_retry_ms - km_now_ms();
-            if (wait > 0) timed_wait(&r->q_cond, &r->q_lock, wait);
+            if (wait > 0) km_cond_wait_ms(&r->q_cond, &r->q_lock, wait);
         } else {
             r->st.uploads_failed++;
             free(j->data);
@@ -521,7 +511,7 @@ static void *syncer_main(void *arg) {
         km_redis_catalog_sync(r, false, &e);
         pthread_mutex_lock(&r->q_lock);
         if (r->stop) break;
-        timed_wait(&r->sync_cond, &r->q_lock, r->p.sync_period_ms);
+        km_cond_wait_ms(&r->sync_cond, &r->q_lock, r->p.sync_period_ms);
     }
     pthread_mutex_unlock(&r->q_lock);
     return NULL;
@@ -588,7 +578,7 @@ int km_redis_flush(km_redis *r, int deadline_ms) {
      * connection attempts (the backoff makes them ~0.3 s apart at first). */
     uint64_t f0 = r->wr_failures;
     while ((r->head || r->in_flight) && km_now_ms() < until && r->wr_failures < f0 + 2)
-        timed_wait(&r->q_idle, &r->q_lock, 20);
+        km_cond_wait_ms(&r->q_idle, &r->q_lock, 20);
     int pending = r->q_len + r->in_flight;
     pthread_mutex_unlock(&r->q_lock);
     return pending;

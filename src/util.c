@@ -187,3 +187,12 @@ km_stats km_stats_compute(double *samples, int n) {
     s.p95 = samples[(r95 > 0 ? r95 : 1) - 1];
     return s;
 }
+
+int km_cond_wait_ms(pthread_cond_t *cond, pthread_mutex_t *lock, double ms) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts); /* what pthread_cond_timedwait measures against */
+    long long ns = (long long)ts.tv_nsec + (long long)(ms * 1e6);
+    ts.tv_sec += (time_t)(ns / 1000000000LL);
+    ts.tv_nsec = (long)(ns % 1000000000LL);
+    return pthread_cond_timedwait(cond, lock, &ts);
+}

@@ -7,6 +7,7 @@
 #ifndef KVMESH_UTIL_H
 #define KVMESH_UTIL_H
 
+#include <pthread.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -21,6 +22,9 @@ int km_error_set(km_error *err, const char *fmt, ...) __attribute__((format(prin
 
 /* Milliseconds on the monotonic clock (for TTFT/TTLT and every other duration). */
 double km_now_ms(void);
+/* pthread_cond_timedwait for at most ms milliseconds (ms may exceed a second);
+ * returns its result (ETIMEDOUT when the time ran out). */
+int km_cond_wait_ms(pthread_cond_t *cond, pthread_mutex_t *lock, double ms);
 /* CPU time of the calling thread in ms (device emulation measures compute with it). */
 double km_thread_cpu_ms(void);
 
