@@ -402,6 +402,19 @@ static void test_api_key(void **state) {
     free(dir);
 }
 
+/* Beyond loopback only with an API key and a mesh secret (or --insecure). */
+static void test_refuses_open_listen_without_secrets(void **state) {
+    char cmd[4400];
+    snprintf(cmd, sizeof cmd, "%s node --model %s --listen 0.0.0.0:0 2>&1", tu_kvmesh_bin(), tu_model("tiny-f16.gguf"));
+    FILE *p = popen(cmd, "r");
+    char out[1024] = "";
+    size_t n = fread(out, 1, sizeof out - 1, p);
+    out[n] = 0;
+    int st = pclose(p);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 2);
+    assert_non_null(strstr(out, "refusing to listen on 0.0.0.0 without --api-key-file and --mesh-secret-file"));
+}
+
 static void test_body_limit(void **state) {
     node_proc n = node_start("--max-body", "2048", NULL);
     char *body = malloc(5000);
@@ -567,6 +580,7 @@ int main(void) {
     };
     const struct CMUnitTest own[] = {
         cmocka_unit_test(test_api_key),
+        cmocka_unit_test(test_refuses_open_listen_without_secrets),
         cmocka_unit_test(test_body_limit),
         cmocka_unit_test(test_busy_and_graceful_stop),
         cmocka_unit_test(test_parallel_contexts),
