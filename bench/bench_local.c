@@ -369,15 +369,17 @@ static int bench_local(int argc, char **argv) {
 
 int cmd_bench(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
-        fprintf(argc < 2 ? stderr : stdout, "usage: kvmesh bench local|mmlu|link [options]   (kvmesh bench <name> --help)\n"
+        fprintf(argc < 2 ? stderr : stdout, "usage: kvmesh bench local|mmlu|link|fleet [options]   (kvmesh bench <name> --help)\n"
                 "  local  what the local prompt cache costs and saves\n"
                 "  mmlu   the paper's experiment: shared Redis tier, low-end and high-end device\n"
-                "  link   the link emulation checked against kernel shaping (root)\n");
+                "  link   the link emulation checked against kernel shaping (root)\n"
+                "  fleet  a fleet of emulated devices: isolated, fetch, forward, planner side by side\n");
         return argc < 2 ? 2 : 0;
     }
     if (!strcmp(argv[1], "local")) return bench_local(argc - 1, argv + 1);
     if (!strcmp(argv[1], "link")) return cmd_bench_link(argc - 1, argv + 1);
     if (!strcmp(argv[1], "mmlu")) return cmd_bench_mmlu(argc - 1, argv + 1);
-    fprintf(stderr, "kvmesh bench: unknown benchmark '%s' (available: local, mmlu, link)\n", argv[1]);
+    if (!strcmp(argv[1], "fleet")) return cmd_bench_fleet(argc - 1, argv + 1);
+    fprintf(stderr, "kvmesh bench: unknown benchmark '%s' (available: local, mmlu, link, fleet)\n", argv[1]);
     return 2;
 }

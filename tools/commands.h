@@ -10,6 +10,7 @@ int cmd_inspect(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_bench_link(int argc, char **argv); /* bench/bench_link.c, dispatched by cmd_bench */
 int cmd_bench_mmlu(int argc, char **argv); /* bench/bench_mmlu.c */
+int cmd_bench_fleet(int argc, char **argv); /* bench/bench_fleet.c */
 int cmd_demo(int argc, char **argv);
 int cmd_catalog(int argc, char **argv);
 int cmd_node(int argc, char **argv);
