@@ -569,13 +569,18 @@ static bool try_forward(km_api *a, km_mesh *mesh, struct MHD_Connection *c, conn
     int nh = 2;
     if (auth[0]) headers[nh++] = auth_line;
     if (client_auth) headers[nh++] = key_line; /* the peer checks the API key too */
-    km_mesh_forward_begin(mesh, route->id);
+    km_mesh_forward_begin(mesh, route->id, route->peer_work_ms);
     double t0 = km_now_ms();
     long status = 0;
     char type[128];
     km_error err;
     km_proxy *p = km_proxy_start(route->addr, url, cn->body ? cn->body : "", cn->len, headers, 1000, &status, type,
                                  sizeof type, &err);
+    /* The emulated link (--link) as for every peer call: a round trip and
+     * the request's bytes, on top of the time the peer took (the answer's
+     * few hundred bytes are not shaped). */
+    km_link *link = km_node_link(a->node);
+    if (link) km_link_request(link, km_now_ms(), cn->len + 512, 0);
     if (p && (status == MHD_HTTP_SERVICE_UNAVAILABLE || status == MHD_HTTP_UNAUTHORIZED || status >= 500)) {
         km_error_set(&err, "peer %s answered %ld", route->addr, status);
         km_proxy_free(p);
@@ -636,6 +641,8 @@ static enum MHD_Result handle_generate(km_api *a, struct MHD_Connection *c, conn
      * at the peer that holds its prefix, if the planner says that is faster. */
     km_mesh *mesh = atomic_load(&a->mesh);
     const char *hops = MHD_lookup_connection_value(c, MHD_HEADER_KIND, HOPS_HEADER);
+    km_prompt_plan plan;
+    bool planned = false;
     if (hops) {
         const char *pa = MHD_lookup_connection_value(c, MHD_HEADER_KIND, KM_PEERAUTH_HEADER);
         if (!mesh || km_mesh_verify(mesh, "POST", url, (const uint8_t *)cn->body, cn->len, pa, &err) != 0) {
@@ -645,16 +652,16 @@ static enum MHD_Result handle_generate(km_api *a, struct MHD_Connection *c, conn
                               mesh ? err.msg : "no mesh here");
         }
     } else if (mesh) {
-        km_prompt_plan plan;
         if (km_node_plan(a->node, (const char *const *)g.segs, g.n_segs, g.special, &plan, &err) == 0) {
+            planned = true;
             km_route route;
             km_mesh_route(mesh, &plan, &route);
-            km_prompt_plan_free(&plan);
             km_debug("planner: %s, est %.1f ms (best local %.1f ms)%s%s", route.path, route.est_ms, route.est_local_ms,
                      route.forward ? " -> " : "", route.forward ? route.addr : "");
             g.est_ms = route.est_local_ms;
             enum MHD_Result ret;
             if (route.forward && try_forward(a, mesh, c, cn, url, &route, &g, &ret)) {
+                km_prompt_plan_free(&plan);
                 gen_req_free(&g);
                 json_decref(root);
                 return ret;
@@ -662,9 +669,11 @@ static enum MHD_Result handle_generate(km_api *a, struct MHD_Connection *c, conn
         }
     }
     km_job_spec spec = {.segs = (const char *const *)g.segs, .n_segs = g.n_segs, .special = g.special,
-                        .sampling = g.sampling, .n_predict = g.n_predict, .stop = g.stop, .n_stop = g.n_stop};
+                        .sampling = g.sampling, .n_predict = g.n_predict, .stop = g.stop, .n_stop = g.n_stop,
+                        .plan = planned ? &plan : NULL};
     bool busy;
     km_job *job = km_node_submit(a->node, &spec, &busy, &err);
+    if (planned) km_prompt_plan_free(&plan);
     json_decref(root); /* the stop strings were copied by submit */
     g.n_stop = 0;
     if (!job) {
@@ -771,9 +780,9 @@ static enum MHD_Result handle_health(km_api *a, struct MHD_Connection *c) {
     bool draining = atomic_load(&a->draining);
     unsigned status = draining ? MHD_HTTP_SERVICE_UNAVAILABLE : MHD_HTTP_OK;
     count_request(a, "health", status);
-    json_t *h = json_pack("{s:s,s:s,s:i,s:i,s:i,s:i}", "status", draining ? "shutting down" : "ok", "model",
+    json_t *h = json_pack("{s:s,s:s,s:i,s:i,s:i,s:i,s:I}", "status", draining ? "shutting down" : "ok", "model",
                           km_node_model_name(a->node), "queued", l.queued, "running", l.running, "parallel", l.parallel,
-                          "queue_max", l.queue_max);
+                          "queue_max", l.queue_max, "backlog_ms", (json_int_t)(l.backlog_ms + 0.5));
     km_mesh *mesh = atomic_load(&a->mesh);
     if (mesh) { /* what this node knows of its peers */
         km_peer_info peers[64];

@@ -214,6 +214,7 @@ static int cmp_version(uint64_t inc_a, uint64_t hb_a, uint64_t inc_b, uint64_t h
 }
 
 static int clamp_load(int v) { return v < 0 ? 0 : v > KM_MEMBER_LOAD_MAX ? KM_MEMBER_LOAD_MAX : v; }
+static int clamp_backlog(int v) { return v < 0 ? 0 : v > KM_MEMBER_BACKLOG_MAX ? KM_MEMBER_BACKLOG_MAX : v; }
 
 static double clamp_rate(double r) {
     if (!isfinite(r) || r <= 0) return 0.0; /* also turns -0 into 0 */
@@ -282,6 +283,7 @@ km_members *km_members_new(const km_member *self, const km_members_params *p, km
     s->load.running = clamp_load(s->load.running);
     s->load.parallel = clamp_load(s->load.parallel);
     s->load.queue_max = clamp_load(s->load.queue_max);
+    s->load.backlog_ms = clamp_backlog(s->load.backlog_ms);
     s->prefill_tok_s = clamp_rate(s->prefill_tok_s);
     s->state = KM_MEMBER_ALIVE;
     s->self = true;
@@ -354,6 +356,7 @@ void km_members_update_self(km_members *m, uint64_t catalog_version, const km_me
         s->load.running = clamp_load(load->running);
         s->load.parallel = clamp_load(load->parallel);
         s->load.queue_max = clamp_load(load->queue_max);
+        s->load.backlog_ms = clamp_backlog(load->backlog_ms);
     }
     s->prefill_tok_s = clamp_rate(prefill_tok_s);
     pthread_mutex_unlock(&m->mu);
@@ -479,6 +482,8 @@ static int decode_record(const json_t *o, int i, km_member *r, km_error *err) {
     r->load.parallel = (int)x;
     if (get_int(o, i, "queue_max", KM_MEMBER_LOAD_MAX, &x, err) != 0) return -1;
     r->load.queue_max = (int)x;
+    if (get_int(o, i, "backlog_ms", KM_MEMBER_BACKLOG_MAX, &x, err) != 0) return -1;
+    r->load.backlog_ms = (int)x;
 
     const json_t *v = json_object_get(o, "prefill_tok_s");
     field_ctx fr = {i, "prefill_tok_s"};
@@ -616,6 +621,7 @@ static json_t *encode_record(const km_member *r) {
               put(o, "queued", json_integer(r->load.queued)) && put(o, "running", json_integer(r->load.running)) &&
               put(o, "parallel", json_integer(r->load.parallel)) &&
               put(o, "queue_max", json_integer(r->load.queue_max)) &&
+              put(o, "backlog_ms", json_integer(r->load.backlog_ms)) &&
               put(o, "prefill_tok_s", json_real(r->prefill_tok_s));
     if (ok && r->has_model) {
         char hex[2 * KM_FINGERPRINT_LEN + 1];
@@ -639,6 +645,8 @@ static int check_record(const km_member *r, km_error *err) {
     const int l[4] = {r->load.queued, r->load.running, r->load.parallel, r->load.queue_max};
     for (int k = 0; k < 4; k++)
         if (l[k] < 0 || l[k] > KM_MEMBER_LOAD_MAX) return km_error_set(err, "load %d out of range", l[k]);
+    if (r->load.backlog_ms < 0 || r->load.backlog_ms > KM_MEMBER_BACKLOG_MAX)
+        return km_error_set(err, "backlog_ms %d out of range", r->load.backlog_ms);
     if (!isfinite(r->prefill_tok_s) || r->prefill_tok_s < 0 || r->prefill_tok_s > KM_MEMBER_RATE_MAX)
         return km_error_set(err, "prefill_tok_s %g out of range", r->prefill_tok_s);
     return 0;

@@ -61,11 +61,12 @@
  *   {"v":1,"from":"<id>","members":[<record>, ...]}
  *   record: {"id":"a1b2","addr":"10.0.0.5:8080","incarnation":1718000000000,
  *            "heartbeat":42,"catalog_version":7,"queued":0,"running":1,
- *            "parallel":2,"queue_max":16,"prefill_tok_s":31.5,
+ *            "parallel":2,"queue_max":16,"backlog_ms":5200,"prefill_tok_s":31.5,
  *            "model":"<32 lowercase hex>"}        ("model" is optional)
  * The sender's record comes first; then every known member that is not DEAD.
  * Integers are JSON integers in 0..2^63-1 (what jansson and most JSON readers
- * hold exactly); load fields in 0..KM_MEMBER_LOAD_MAX; prefill_tok_s a finite
+ * hold exactly); load fields in 0..KM_MEMBER_LOAD_MAX, backlog_ms in
+ * 0..KM_MEMBER_BACKLOG_MAX; prefill_tok_s a finite
  * number in 0..1e9. Unknown fields are ignored (forward compatibility); a
  * missing or mistyped field, a value out of range, a duplicate id or key, a
  * "from" without a record, v != 1, or more than max_members records reject the
@@ -89,6 +90,7 @@
 #define KM_MEMBER_ADDR_MAX 255       /* addr: host:port, at most 255 bytes */
 #define KM_MEMBER_LOAD_MAX (1 << 20) /* bound of queued, running, parallel, queue_max */
 #define KM_MEMBER_RATE_MAX 1e9       /* bound of prefill_tok_s */
+#define KM_MEMBER_BACKLOG_MAX 86400000 /* bound of backlog_ms (a day) */
 #define KM_MEMBER_U64_MAX ((uint64_t)INT64_MAX) /* bound of incarnation, heartbeat, catalog version */
 #define KM_MEMBERS_MAX_SEEDS 64
 
@@ -104,6 +106,7 @@ typedef struct km_member_load {
     int running;   /* requests being computed */
     int parallel;  /* contexts: requests computed at once */
     int queue_max; /* queue bound: queued == queue_max means new requests are refused */
+    int backlog_ms; /* estimated compute left in its running and queued jobs (all contexts) */
 } km_member_load;
 
 typedef struct km_member {

@@ -19,6 +19,7 @@
 #include "peerauth.h"
 
 #define MAX_PEERS 256
+#define MAX_FORWARDS 64 /* forwards in flight per peer that we account for */
 #define MAX_GOSSIP_BYTES ((size_t)1 << 20)
 
 typedef struct catref {
@@ -32,7 +33,13 @@ typedef struct peer {
     uint64_t incarnation, cat_version; /* of the catalog held */
     catref *cat;                       /* NULL until fetched */
     km_linkfit link;
-    int forwards;  /* our forwarded requests in flight to it */
+    /* our forwarded requests in flight to it, oldest first: when each began
+     * and the work it brings (its gossiped backlog includes those that began
+     * before its record was last heard) */
+    struct {
+        double t0, work_ms;
+    } fwd[MAX_FORWARDS];
+    int forwards;
 } peer;
 
 struct km_mesh {
@@ -420,7 +427,7 @@ static void sync_peers(km_mesh *m) {
 
 void km_mesh_gossip_now(km_mesh *m) {
     km_node_load l = km_node_get_load(m->node);
-    km_member_load ml = {l.queued, l.running, l.parallel, l.queue_max};
+    km_member_load ml = {l.queued, l.running, l.parallel, l.queue_max, (int)(l.backlog_ms + 0.5)};
     km_members_update_self(m->members, km_node_catalog_version(m->node), &ml, l.prefill_tok_s);
     km_members_beat(m->members);
     km_gossip_target t;
@@ -539,10 +546,7 @@ void km_mesh_handle(km_mesh *m, const char *method, const char *path, const char
 
 /* ------------------------------------------------------------- routing */
 
-/* Forwarding must beat the best local path by this much: estimates are
- * rough, and a forward that barely wins is not worth a second hop. */
-#define FORWARD_MARGIN 0.85
-#define FORWARD_MIN_GAIN_MS 5.0
+/* The round trip assumed to a peer whose link has not been measured yet. */
 #define DEFAULT_RTT_MS 2.0
 
 /* The policy of arXiv 2606.17059, for comparison: forward to the peer whose
@@ -590,72 +594,91 @@ void km_mesh_route(km_mesh *m, const km_prompt_plan *plan, km_route *out) {
     }
     int n = km_members_snapshot(m->members, snap, m->p.members.max_members);
     if (n > m->p.members.max_members) n = m->p.members.max_members;
-    km_route fwd = {.est_ms = -1};
+    /* what we know of every live peer that runs our model */
+    km_route_peer *views = malloc((size_t)(n > 0 ? n : 1) * sizeof *views);
+    char (*ids)[KM_MEMBER_ID_MAX + 1] = malloc((size_t)(n > 0 ? n : 1) * sizeof *ids);
+    int *addr_of = malloc((size_t)(n > 0 ? n : 1) * sizeof *addr_of);
+    int nv = 0;
+    double now = km_now_ms();
     pthread_mutex_lock(&m->lock);
-    for (int k = 0; k < n; k++) {
-        km_member *mb = &snap[k];
-        peer *p = mb->self || mb->state == KM_MEMBER_DEAD ? NULL : find_peer(m, mb->id);
-        if (!p || !p->cat) continue;
-        int hold = 0; /* the longest boundary its catalog may hold */
-        for (int i = plan->n_bounds - 1; i >= 0 && !hold; i--)
-            if (km_catalog_check(p->cat->cat, plan->keys[i])) hold = plan->bounds[i];
-        if (hold <= local_reuse) continue;
-        /* fetch its state and finish here */
-        double move = km_linkfit_fetch_ms(&p->link, km_node_state_size_estimate(m->node, hold));
-        double fetch = move >= 0 ? plan->wait_ms + move + (plan->n_tokens - hold) / rate : -1;
-        if (fetch >= 0 && fetch < out->est_local_ms) {
-            out->est_local_ms = fetch;
-            out->path = "fetch";
-            out->peer_prefix = hold;
-            snprintf(out->id, sizeof out->id, "%s", p->id);
-        }
-        /* or forward the request to it: its queue (plus what we sent it
-         * since its last gossip) at its measured rate, two link delays */
-        double prate = mb->prefill_tok_s / 1000.0;
-        if (prate <= 0 || mb->load.queued + p->forwards >= mb->load.queue_max + mb->load.parallel) continue;
-        double rtt, bpm;
-        km_linkfit_params(&p->link, &rtt, &bpm);
-        if (bpm <= 0) rtt = DEFAULT_RTT_MS;
-        double service = plan->service_ms > 0 ? plan->service_ms * rate / prate : 0;
-        int ahead = mb->load.queued + mb->load.running + p->forwards - mb->load.parallel + 1;
-        double wait = ahead > 0 && mb->load.parallel > 0 ? ahead * service / mb->load.parallel : 0;
-        double est = 2 * rtt + wait + (plan->n_tokens - hold) / prate;
-        if (fwd.est_ms < 0 || est < fwd.est_ms) {
-            fwd.est_ms = est;
-            fwd.peer_prefix = hold;
-            snprintf(fwd.id, sizeof fwd.id, "%s", p->id);
-            snprintf(fwd.addr, sizeof fwd.addr, "%s", mb->addr);
-        }
+    for (int k = 0; views && ids && addr_of && k < n; k++) {
+        const km_member *mb = &snap[k];
+        const peer *p = mb->self || mb->state == KM_MEMBER_DEAD ? NULL : find_peer(m, mb->id);
+        if (!p) continue;
+        km_route_peer *v = &views[nv];
+        memset(v, 0, sizeof *v);
+        for (int i = plan->n_bounds - 1; p->cat && i >= 0 && !v->hold; i--)
+            if (km_catalog_check(p->cat->cat, plan->keys[i])) v->hold = plan->bounds[i];
+        v->fetch_ms = v->hold > local_reuse ? km_linkfit_fetch_ms(&p->link, km_node_state_size_estimate(m->node, v->hold))
+                                            : -1;
+        double bpm;
+        km_linkfit_params(&p->link, &v->rtt_ms, &bpm);
+        if (bpm <= 0) v->rtt_ms = DEFAULT_RTT_MS;
+        v->prefill_tok_ms = mb->prefill_tok_s / 1000.0;
+        v->full = mb->load.queued + p->forwards >= mb->load.queue_max + mb->load.parallel;
+        /* its record shows the forwards that began before we last heard of it */
+        double unseen = 0;
+        int n_unseen = 0;
+        for (int i = 0; i < p->forwards; i++)
+            if (p->fwd[i].t0 >= mb->last_heard_ms) {
+                unseen += p->fwd[i].work_ms;
+                n_unseen++;
+            }
+        v->wait_ms = km_planner_peer_wait_ms(mb->load.backlog_ms, now - mb->last_heard_ms,
+                                             mb->load.queued + mb->load.running + n_unseen, mb->load.parallel, unseen);
+        snprintf(ids[nv], sizeof ids[nv], "%s", p->id);
+        addr_of[nv] = k;
+        nv++;
     }
     pthread_mutex_unlock(&m->lock);
-    free(snap);
-    out->est_ms = out->est_local_ms;
-    if (fwd.est_ms >= 0 && (out->est_local_ms < 0 || (fwd.est_ms < out->est_local_ms * FORWARD_MARGIN &&
-                                                      fwd.est_ms < out->est_local_ms - FORWARD_MIN_GAIN_MS))) {
+    km_route_local l = {plan->n_tokens, local_reuse, rate, plan->wait_ms, plan->first_extra_ms};
+    km_route_choice c = km_planner_route(&l, views, nv);
+    out->est_local_ms = c.est_local_ms;
+    out->est_ms = c.est_ms;
+    if (c.path != KM_PATH_LOCAL) {
+        out->peer_prefix = views[c.peer].hold;
+        snprintf(out->id, sizeof out->id, "%s", ids[c.peer]);
+    }
+    if (c.path == KM_PATH_FETCH) out->path = "fetch";
+    if (c.path == KM_PATH_FORWARD) {
         out->forward = true;
         out->path = "forward";
-        out->est_ms = fwd.est_ms;
-        out->peer_prefix = fwd.peer_prefix;
-        snprintf(out->id, sizeof out->id, "%s", fwd.id);
-        snprintf(out->addr, sizeof out->addr, "%s", fwd.addr);
+        out->peer_work_ms = c.peer_work_ms;
+        snprintf(out->addr, sizeof out->addr, "%s", snap[addr_of[c.peer]].addr);
     }
+    free(views);
+    free(ids);
+    free(addr_of);
+    free(snap);
     km_counter_inc(out->forward                      ? m->route_forward
                    : strcmp(out->path, "fetch") == 0 ? m->route_fetch
                    : strcmp(out->path, "reuse") == 0 ? m->route_reuse
                                                      : m->route_recompute);
 }
 
-void km_mesh_forward_begin(km_mesh *m, const char *id) {
+void km_mesh_forward_begin(km_mesh *m, const char *id, double work_ms) {
     pthread_mutex_lock(&m->lock);
     peer *p = find_peer(m, id);
-    if (p) p->forwards++;
+    if (p) {
+        if (p->forwards == MAX_FORWARDS) { /* keep the newest: the oldest are the likeliest in its gossip */
+            memmove(&p->fwd[0], &p->fwd[1], (MAX_FORWARDS - 1) * sizeof p->fwd[0]);
+            p->forwards--;
+        }
+        p->fwd[p->forwards].t0 = km_now_ms();
+        p->fwd[p->forwards].work_ms = work_ms;
+        p->forwards++;
+    }
     pthread_mutex_unlock(&m->lock);
 }
 
 void km_mesh_forward_end(km_mesh *m, const char *id, bool ok, double ms) {
+    (void)ms;
     pthread_mutex_lock(&m->lock);
     peer *p = find_peer(m, id);
-    if (p && p->forwards > 0) p->forwards--;
+    if (p && p->forwards > 0) { /* forwards to one peer end roughly in order: drop the oldest */
+        memmove(&p->fwd[0], &p->fwd[1], (size_t)(p->forwards - 1) * sizeof p->fwd[0]);
+        p->forwards--;
+    }
     pthread_mutex_unlock(&m->lock);
     km_counter_inc(ok ? m->fwd_ok : m->fwd_failed);
 }

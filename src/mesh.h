@@ -85,17 +85,20 @@ typedef struct km_route {
     double est_ms;           /* estimated time to the first token on the chosen path */
     double est_local_ms;     /* ... on the best local path (reuse / fetch / recompute) */
     int peer_prefix;         /* tokens the chosen peer may hold (forward / fetch) */
+    double peer_work_ms;     /* forward: the estimated compute it brings the peer */
 } km_route;
 
 /* Estimate every path for a planned prompt -- reuse the local prefix, fetch
- * a peer's longer one, forward to the peer holding it, recompute -- from the
- * measured rates (this node's prefill rate and service time, each peer's
- * gossiped rate and load, per-peer link fits) and pick the fastest. A peer
- * whose queue is full, or that already has requests we forwarded waiting,
- * costs accordingly (no hotspot); forwarding must win by a margin. */
+ * a peer's longer one, forward to a peer (the one holding a longer prefix,
+ * or one less busy than this node), recompute -- from the measured rates
+ * (this node's prefill rate and backlog, each peer's gossiped rate and
+ * backlog, per-peer link fits) and pick the fastest. A peer whose queue is
+ * full or whose backlog (with what we forwarded it) makes it slower loses
+ * the request (no hotspot); forwarding must win by a margin. */
 void km_mesh_route(km_mesh *m, const km_prompt_plan *plan, km_route *out);
-/* A forward to id started / ended (counts against its load until gossip shows it). */
-void km_mesh_forward_begin(km_mesh *m, const char *id);
+/* A forward to id bringing it work_ms of compute started / ended (counts
+ * against its backlog until gossip shows it). */
+void km_mesh_forward_begin(km_mesh *m, const char *id, double work_ms);
 void km_mesh_forward_end(km_mesh *m, const char *id, bool ok, double ms);
 
 /* Sign a request to a peer (header value into out, KM_PEERAUTH_HEADER_MAX);

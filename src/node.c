@@ -47,6 +47,13 @@ struct km_job {
     double t_submit, queue_ms;
     km_model *model;
     struct km_job *next; /* queue link, under the node mutex */
+    /* the plan at submit, for the backlog and for prefixes in flight (under
+     * the node mutex once queued) */
+    int n_bounds;
+    km_key *keys;    /* key of each boundary of the prompt */
+    int *bounds;
+    double work_ms;  /* estimated compute: what it prefills, then its answer */
+    double t_start;  /* when a worker took it (0 while queued) */
 };
 
 typedef struct worker {
@@ -56,6 +63,7 @@ typedef struct worker {
     km_planner planner;
     pthread_t thread;
     bool started;
+    km_job *current; /* the job it computes (under the node mutex) */
 } worker;
 
 typedef struct node_metrics {
@@ -84,6 +92,9 @@ struct km_node {
     bool stopping, shut;
     double prefill_tok_per_ms; /* the workers' latest measured rate */
     double service_ms;         /* EWMA of how long a job holds a context */
+    double first_extra_ms;     /* EWMA of the time to the first token beyond prefill (lookup, restore, a step) */
+    double tail_ms;            /* EWMA of the time after the first token (the rest of the answer) */
+    int n_served;              /* jobs behind these EWMAs */
     km_histogram *est_ratio_local, *est_ratio_forward;
 
     /* the mesh's peers, for requests (src_users: requests holding remotes) */
@@ -133,6 +144,8 @@ static void job_free(km_job *j) {
     free(j->segs);
     for (int i = 0; i < j->n_stop; i++) free(j->stop[i]);
     free(j->text);
+    free(j->keys);
+    free(j->bounds);
     pthread_mutex_destroy(&j->lock);
     pthread_cond_destroy(&j->changed);
     free(j);
@@ -272,6 +285,54 @@ static int job_on_token(void *ud, int32_t tok) {
     return stop;
 }
 
+/* ------------------------------------------------------------- the backlog
+ *
+ * Where a request waits -- here or at a peer -- depends on how much work is
+ * ahead of it, not on how many jobs: one 3,000-token prompt holds a small
+ * device for a minute, ten short ones for seconds. So every job carries an
+ * estimate of its compute (made at submit from its tokens, what this node
+ * holds or is computing of its prefix, and the measured rates), and the node
+ * sums what is left of them. */
+
+/* Estimated compute of a job that prefills n_prefill tokens here: the
+ * prefill at the measured rate, the time to the first token beyond it, and
+ * the rest of the answer; the mean service time until a rate is known. */
+static double work_estimate_locked(const km_node *n, int n_prefill) {
+    if (n->prefill_tok_per_ms <= 0) return n->service_ms;
+    return n_prefill / n->prefill_tok_per_ms + n->first_extra_ms + n->tail_ms;
+}
+
+/* Compute left in the running jobs (at least nothing: one that overran its
+ * estimate is about to end) and the queued ones, all contexts together. */
+static double backlog_locked(const km_node *n, double now) {
+    double b = 0;
+    for (int i = 0; i < n->p.n_parallel; i++) {
+        const km_job *j = n->workers[i].current;
+        if (j && j->work_ms > now - j->t_start) b += j->work_ms - (now - j->t_start);
+    }
+    for (const km_job *j = n->qhead; j; j = j->next) b += j->work_ms;
+    return b;
+}
+
+static bool job_has_key(const km_job *j, km_key key) {
+    for (int i = 0; i < j->n_bounds; i++)
+        if (km_key_equal(j->keys[i], key)) return true;
+    return false;
+}
+
+/* The longest boundary of keys[] past `from` that a running or queued job
+ * computes (and stores: it will be held when a job queued now starts), -1
+ * if none. Equal keys are equal prefixes (prefix.h). */
+static int inflight_hit_locked(const km_node *n, const km_key *keys, int n_bounds, int from) {
+    for (int i = n_bounds - 1; i > from; i--) {
+        for (int w = 0; w < n->p.n_parallel; w++)
+            if (n->workers[w].current && job_has_key(n->workers[w].current, keys[i])) return i;
+        for (const km_job *j = n->qhead; j; j = j->next)
+            if (job_has_key(j, keys[i])) return i;
+    }
+    return -1;
+}
+
 km_job *km_node_submit(km_node *n, const km_job_spec *spec, bool *busy, km_error *err) {
     *busy = false;
     if (spec->n_segs < 1) return km_error_set(err, "the prompt is empty"), NULL;
@@ -281,8 +342,17 @@ km_job *km_node_submit(km_node *n, const km_job_spec *spec, bool *busy, km_error
         if (sl == 0 || sl > MAX_STOP_LEN)
             return km_error_set(err, "stop strings must be 1 to %d bytes long", MAX_STOP_LEN), NULL;
     }
+    km_prompt_plan own;
+    const km_prompt_plan *plan = spec->plan;
+    if (!plan) {
+        if (km_node_plan(n, spec->segs, spec->n_segs, spec->special, &own, err) != 0) return NULL;
+        plan = &own;
+    }
     km_job *j = calloc(1, sizeof *j);
-    if (!j) return km_error_set(err, "out of memory"), NULL;
+    if (!j) {
+        if (plan == &own) km_prompt_plan_free(&own);
+        return km_error_set(err, "out of memory"), NULL;
+    }
     pthread_mutex_init(&j->lock, NULL);
     pthread_cond_init(&j->changed, NULL);
     j->refs = 2;
@@ -291,6 +361,18 @@ km_job *km_node_submit(km_node *n, const km_job_spec *spec, bool *busy, km_error
     bool oom = !j->segs;
     for (int i = 0; !oom && i < spec->n_segs; i++) oom = !(j->segs[i] = strdup(spec->segs[i]));
     j->n_segs = spec->n_segs;
+    j->keys = malloc((size_t)(plan->n_bounds + 1) * sizeof *j->keys);
+    j->bounds = malloc((size_t)(plan->n_bounds + 1) * sizeof *j->bounds);
+    oom = oom || !j->keys || !j->bounds;
+    if (!oom) {
+        memcpy(j->keys, plan->keys, (size_t)plan->n_bounds * sizeof *j->keys);
+        memcpy(j->bounds, plan->bounds, (size_t)plan->n_bounds * sizeof *j->bounds);
+        j->n_bounds = plan->n_bounds;
+    }
+    int n_tokens = plan->n_tokens, stored_hit = -1;
+    if (plan == &own) km_prompt_plan_free(&own);
+    for (int i = j->n_bounds - 1; i >= 0 && stored_hit < 0; i--) /* now, not when the caller planned */
+        if (km_store_contains(n->store, j->keys[i])) stored_hit = i;
     for (int i = 0; !oom && i < spec->n_stop; i++) {
         oom = !(j->stop[i] = strdup(spec->stop[i]));
         j->n_stop = i + 1;
@@ -316,6 +398,10 @@ km_job *km_node_submit(km_node *n, const km_job_spec *spec, bool *busy, km_error
                             n->p.queue_max),
                NULL;
     }
+    /* what it will reuse: a stored prefix, or a longer one a job ahead computes */
+    int hit = inflight_hit_locked(n, j->keys, j->n_bounds, stored_hit);
+    if (hit < 0) hit = stored_hit;
+    j->work_ms = work_estimate_locked(n, n_tokens - (hit >= 0 ? j->bounds[hit] : 0));
     if (n->qtail) n->qtail->next = j;
     else n->qhead = j;
     n->qtail = j;
@@ -404,7 +490,13 @@ static void run_job(worker *w, km_job *j) {
     pthread_mutex_lock(&n->lock);
     if (peers && --n->src_users == 0) pthread_cond_broadcast(&n->src_idle);
     if (w->planner.prefill_tok_per_ms > 0) n->prefill_tok_per_ms = w->planner.prefill_tok_per_ms;
-    if (rc == 0) n->service_ms = n->service_ms > 0 ? n->service_ms + 0.3 * (res.ttlt_ms - n->service_ms) : res.ttlt_ms;
+    if (rc == 0) { /* EWMAs: recent jobs dominate, one outlier does not */
+        bool first = n->n_served++ == 0;
+        double extra = res.ttft_ms - res.prefill.t_prefill_ms, tail = res.ttlt_ms - res.ttft_ms;
+        n->service_ms = first ? res.ttlt_ms : n->service_ms + 0.3 * (res.ttlt_ms - n->service_ms);
+        n->first_extra_ms = first ? extra : n->first_extra_ms + 0.3 * (extra - n->first_extra_ms);
+        n->tail_ms = first ? tail : n->tail_ms + 0.3 * (tail - n->tail_ms);
+    }
     pthread_mutex_unlock(&n->lock);
 
     pthread_mutex_lock(&j->lock);
@@ -432,6 +524,8 @@ static void *worker_main(void *arg) {
         if (!n->qhead) n->qtail = NULL;
         n->queued--;
         n->running++;
+        j->t_start = km_now_ms();
+        w->current = j;
         bool stopping = n->stopping;
         pthread_mutex_unlock(&n->lock);
 
@@ -443,10 +537,13 @@ static void *worker_main(void *arg) {
         if (stopping) job_finish(j, KM_FINISH_CANCELLED, "the node is shutting down", false);
         else if (cancelled) job_finish(j, KM_FINISH_CANCELLED, "cancelled by the client", false);
         else run_job(w, j);
-        km_job_release(j);
 
         pthread_mutex_lock(&n->lock);
+        w->current = NULL; /* before the release: others read it under the mutex */
         n->running--;
+        pthread_mutex_unlock(&n->lock);
+        km_job_release(j);
+        pthread_mutex_lock(&n->lock);
     }
     pthread_mutex_unlock(&n->lock);
     return NULL;
@@ -513,15 +610,20 @@ int km_node_plan(km_node *n, const char *const *segs, int n_segs, bool special, 
         if (km_store_contains(n->store, out->keys[i])) out->local_hit = i;
 
     pthread_mutex_lock(&n->lock);
-    double rate = n->prefill_tok_per_ms, service = n->service_ms;
-    int ahead = n->queued + n->running - n->p.n_parallel + 1; /* jobs to finish before ours starts */
-    int parallel = n->p.n_parallel;
+    int pending = inflight_hit_locked(n, out->keys, out->n_bounds, out->local_hit);
+    if (pending >= 0) {
+        out->local_hit = pending;
+        out->local_pending = true;
+    }
+    double rate = n->prefill_tok_per_ms;
+    /* a context is free now, or ours frees when the work ahead is done (spread over the contexts) */
+    bool free_ctx = n->queued == 0 && n->running < n->p.n_parallel;
+    out->wait_ms = free_ctx ? 0 : backlog_locked(n, km_now_ms()) / n->p.n_parallel;
+    out->first_extra_ms = n->first_extra_ms;
     pthread_mutex_unlock(&n->lock);
     out->prefill_tok_ms = rate;
-    out->service_ms = service;
-    out->wait_ms = ahead > 0 ? ahead * service / parallel : 0;
     int reused = out->local_hit >= 0 ? out->bounds[out->local_hit] : 0;
-    out->local_ms = rate > 0 ? out->wait_ms + (out->n_tokens - reused) / rate : -1;
+    out->local_ms = rate > 0 ? out->wait_ms + (out->n_tokens - reused) / rate + out->first_extra_ms : -1;
     return 0;
 }
 
@@ -571,6 +673,7 @@ int km_node_catalog(km_node *n, uint8_t **out, size_t *len, uint64_t *version, k
 /* ---------------------------------------------------------------- the node */
 
 static double gauge_queued(void *ud) { return km_node_get_load(ud).queued; }
+static double gauge_backlog(void *ud) { return km_node_get_load(ud).backlog_ms / 1000.0; }
 static double gauge_running(void *ud) { return km_node_get_load(ud).running; }
 
 static void metrics_register(km_node *n) {
@@ -612,6 +715,8 @@ static void metrics_register(km_node *n) {
         km_metrics_histogram(M, "kvmesh_planner_estimate_ratio", er, "path=\"forward\"", ratio_buckets, 10);
     km_metrics_gauge_fn(M, "kvmesh_queue_length", "Requests waiting for a context", NULL, gauge_queued, n);
     km_metrics_gauge_fn(M, "kvmesh_in_flight", "Requests being computed", NULL, gauge_running, n);
+    km_metrics_gauge_fn(M, "kvmesh_backlog_seconds", "Estimated compute left in the running and queued requests",
+                        NULL, gauge_backlog, n);
 }
 
 km_node *km_node_start(const km_node_params *p, km_metrics *metrics, km_error *err) {
@@ -713,6 +818,7 @@ void km_node_free(km_node *n) {
     if (n->metrics) { /* the registry may outlive the node: detach the gauges that read it */
         km_metrics_gauge_fn(n->metrics, "kvmesh_queue_length", NULL, NULL, NULL, NULL);
         km_metrics_gauge_fn(n->metrics, "kvmesh_in_flight", NULL, NULL, NULL, NULL);
+        km_metrics_gauge_fn(n->metrics, "kvmesh_backlog_seconds", NULL, NULL, NULL, NULL);
     }
     for (int i = 0; n->workers && i < n->p.n_parallel; i++) km_ctx_free(n->workers[i].ctx);
     free(n->workers);
@@ -737,7 +843,8 @@ km_link *km_node_link(km_node *n) { return n->link; }
 
 km_node_load km_node_get_load(km_node *n) {
     pthread_mutex_lock(&n->lock);
-    km_node_load l = {n->queued, n->running, n->p.n_parallel, n->p.queue_max, n->prefill_tok_per_ms * 1000.0};
+    km_node_load l = {n->queued, n->running, n->p.n_parallel, n->p.queue_max, n->prefill_tok_per_ms * 1000.0,
+                      backlog_locked(n, km_now_ms())};
     pthread_mutex_unlock(&n->lock);
     return l;
 }

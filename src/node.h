@@ -86,6 +86,8 @@ typedef struct km_job_spec {
     int n_predict;           /* tokens at most (the context bounds it too) */
     const char *const *stop; /* stop strings (copied; at most 4 of at most 64 bytes) */
     int n_stop;
+    const struct km_prompt_plan *plan; /* km_node_plan of these segments, if the caller made one (else the
+                                          node makes it: the job's work estimate needs the tokens) */
 } km_job_spec;
 
 typedef enum km_finish {
@@ -127,11 +129,12 @@ typedef struct km_prompt_plan {
     int n_tokens, n_bounds;
     int *bounds;          /* malloc'd (km_prompt_plan_free) */
     km_key *keys;         /* key of each boundary */
-    int local_hit;        /* longest boundary held locally, -1 none */
-    double wait_ms;       /* estimated wait for a context here */
+    int local_hit;        /* longest boundary held locally or computed by a job ahead of this one, -1 none */
+    bool local_pending;   /* local_hit is not stored yet: a queued or running job is computing it */
+    double wait_ms;       /* estimated wait for a context here (the backlog ahead) */
     double local_ms;      /* estimated wait + prefill here, reusing the local hit; < 0 unknown */
     double prefill_tok_ms; /* this node's measured prefill rate (0 = unknown) */
-    double service_ms;    /* mean time a request holds a context here (0 = unknown) */
+    double first_extra_ms; /* mean time to the first token beyond the prefill (lookup, restore, a step) */
 } km_prompt_plan;
 
 /* Tokenize and key a prompt given as for a job, and estimate it here. */
@@ -148,6 +151,7 @@ void km_node_observe_estimate(km_node *n, const char *path, double est_ms, doubl
 typedef struct km_node_load {
     int queued, running, parallel, queue_max;
     double prefill_tok_s; /* measured (0 until known) */
+    double backlog_ms;    /* estimated compute left in the running and queued jobs, all contexts together */
 } km_node_load;
 
 km_node_load km_node_get_load(km_node *n);

@@ -107,3 +107,47 @@ km_plan_estimate km_planner_estimate(const km_planner *p, size_t state_bytes, in
 }
 
 bool km_planner_should_fetch(const km_plan_estimate *e) { return !e->known || e->fetch_ms < e->recompute_ms; }
+
+double km_planner_peer_wait_ms(double backlog_ms, double age_ms, int jobs, int parallel, double unseen_ms) {
+    if (parallel < 1) parallel = 1;
+    if (jobs < parallel) return 0;
+    double left = backlog_ms - (age_ms > 0 ? age_ms : 0);
+    if (left < 0) left = 0;
+    return (left + unseen_ms) / parallel;
+}
+
+km_route_choice km_planner_route(const km_route_local *l, const km_route_peer *peers, int n_peers) {
+    km_route_choice c = {KM_PATH_LOCAL, -1, 0, 0, 0};
+    double rate = l->prefill_tok_ms;
+    c.est_local_ms = l->wait_ms + (l->n_tokens - l->reuse) / rate + l->first_extra_ms;
+    double best_fwd = -1, fwd_work = 0;
+    int fwd_peer = -1;
+    for (int k = 0; k < n_peers; k++) {
+        const km_route_peer *p = &peers[k];
+        if (p->hold > l->reuse && p->fetch_ms >= 0) {
+            double fetch = l->wait_ms + p->fetch_ms + (l->n_tokens - p->hold) / rate + l->first_extra_ms;
+            if (fetch < c.est_local_ms) {
+                c.est_local_ms = fetch;
+                c.path = KM_PATH_FETCH;
+                c.peer = k;
+            }
+        }
+        if (p->prefill_tok_ms <= 0 || p->full) continue;
+        double work = (l->n_tokens - p->hold) / p->prefill_tok_ms + l->first_extra_ms;
+        double est = 2 * p->rtt_ms + p->wait_ms + work;
+        if (best_fwd < 0 || est < best_fwd) {
+            best_fwd = est;
+            fwd_work = work;
+            fwd_peer = k;
+        }
+    }
+    c.est_ms = c.est_local_ms;
+    if (best_fwd >= 0 && best_fwd < c.est_local_ms * KM_FORWARD_MARGIN &&
+        best_fwd < c.est_local_ms - KM_FORWARD_MIN_GAIN_MS) {
+        c.path = KM_PATH_FORWARD;
+        c.peer = fwd_peer;
+        c.est_ms = best_fwd;
+        c.peer_work_ms = fwd_work;
+    }
+    return c;
+}

@@ -85,4 +85,55 @@ double km_planner_prefill_ms(const km_planner *p, int n_tokens);
 /* The decision: true if the fetch is estimated to be faster (or unknown). */
 bool km_planner_should_fetch(const km_plan_estimate *e);
 
+/* ---- routing: where a request runs (the mesh fills these in from gossip) ----
+ *
+ * Estimates of the time to the first token, in ms. The request waits for a
+ * context here (wait_ms), or at a peer; then its prefill of what is not
+ * reused, plus the node's time to the first token beyond prefill (lookup,
+ * restore, one step). A forward also pays two link delays. Forwarding must
+ * win by a margin (KM_FORWARD_MARGIN and KM_FORWARD_MIN_GAIN_MS): the
+ * estimates are rough, and a forward that barely wins is not worth a hop. */
+
+#define KM_FORWARD_MARGIN 0.85
+#define KM_FORWARD_MIN_GAIN_MS 5.0
+
+typedef struct km_route_local {
+    int n_tokens;           /* of the prompt */
+    int reuse;              /* tokens held here (or being computed here by a job ahead) */
+    double prefill_tok_ms;  /* this node's rate (> 0: the caller routes only once it is known) */
+    double wait_ms;         /* for a context here */
+    double first_extra_ms;  /* time to the first token beyond the prefill */
+} km_route_local;
+
+typedef struct km_route_peer {
+    int hold;               /* tokens of the longest prefix its catalog may hold (0: none) */
+    double fetch_ms;        /* moving the state of that prefix here; < 0 unknown */
+    double rtt_ms;          /* link round trip to it */
+    double prefill_tok_ms;  /* its gossiped rate; 0 unknown: not a forward target */
+    double wait_ms;         /* for a context there (km_planner_peer_wait_ms) */
+    bool full;              /* its queue is full: not a forward target */
+} km_route_peer;
+
+typedef enum km_route_path { KM_PATH_LOCAL = 0, KM_PATH_FETCH, KM_PATH_FORWARD } km_route_path;
+
+typedef struct km_route_choice {
+    km_route_path path;
+    int peer;               /* fetch / forward: index into the peers */
+    double est_ms;          /* on the chosen path */
+    double est_local_ms;    /* on the best path that runs here (local or fetch) */
+    double peer_work_ms;    /* forward: the compute it brings the peer */
+} km_route_choice;
+
+/* The fastest path: run here reusing what is held, fetch a peer's longer
+ * prefix and finish here, or forward to a peer -- one that holds a longer
+ * prefix, or one that is just less busy (it recomputes what it lacks). */
+km_route_choice km_planner_route(const km_route_local *l, const km_route_peer *peers, int n_peers);
+
+/* A peer's wait for a context as far as we know it: its gossiped backlog
+ * (compute left in its jobs, all contexts) less what it has done in the
+ * age_ms since it was measured, plus unseen_ms of work we sent it since
+ * (forwards its record does not show yet), spread over its contexts; 0 when
+ * it has a free context (jobs, counting the unseen, below parallel). */
+double km_planner_peer_wait_ms(double backlog_ms, double age_ms, int jobs, int parallel, double unseen_ms);
+
 #endif

@@ -489,6 +489,79 @@ static void test_busy_and_graceful_stop(void **state) {
     free(cache);
 }
 
+/* /health's field of a node, after polling until cond_key reaches cond_value. */
+static int health_when(const node_proc *n, const char *cond_key, int cond_value, const char *key) {
+    for (int i = 0; i < 400; i++) {
+        resp h = http(n, "GET", "/health", NULL, NULL);
+        json_t *j = parse(&h);
+        int v = (int)json_integer_value(json_object_get(j, cond_key));
+        int out = (int)json_integer_value(json_object_get(j, key));
+        json_decref(j);
+        free(h.body);
+        if (v == cond_value) return out;
+        usleep(5000);
+    }
+    fail_msg("/health never showed %s = %d", cond_key, cond_value);
+    return -1;
+}
+
+/* A long request of n words: its first segment (the shared part), then q. */
+static char *long_request(const char *word, int n, const char *q) {
+    size_t cap = (size_t)n * (strlen(word) + 1) + 256;
+    char *b = malloc(cap);
+    size_t k = (size_t)snprintf(b, cap, "{\"cache_segments\":[\"");
+    for (int i = 0; i < n; i++) k += (size_t)snprintf(b + k, cap - k, "%s ", word);
+    snprintf(b + k, cap - k, "\",\"%s\"],\"max_tokens\":1,\"temperature\":0}", q);
+    return b;
+}
+
+/* The backlog (/health backlog_ms, gossiped to peers for their planners) is
+ * work, not a job count: a queued request whose prefix the running one is
+ * computing adds little; an unrelated one of the same length adds its whole
+ * prefill. Nothing left once all are done. */
+static void test_backlog_counts_work(void **state) {
+    node_proc n = node_start("--slowdown", "40", "--queue", "4", NULL);
+    for (int i = 0; i < 2; i++) { /* measure the rates (the first request is slower: weights paged in) */
+        char *warm = long_request(i == 0 ? "kiwi" : "plum", 300, "warm-up");
+        resp r = http(&n, "POST", "/v1/completions", warm, NULL);
+        assert_int_equal(r.status, 200);
+        free(r.body);
+        free(warm);
+    }
+    assert_int_equal(health_when(&n, "running", 0, "backlog_ms"), 0);
+    char *qa = long_request("apple", 600, "first"), *qb = long_request("apple", 600, "second"),
+         *qc = long_request("pear", 600, "third");
+    bg_req a = {&n, qa, {0}}, b = {&n, qb, {0}}, c = {&n, qc, {0}};
+    pthread_t ta, tb, tc;
+    pthread_create(&ta, NULL, bg_post, &a);
+    int h1 = health_when(&n, "running", 1, "backlog_ms");
+    pthread_create(&tb, NULL, bg_post, &b);
+    int h2 = health_when(&n, "queued", 1, "backlog_ms");
+    pthread_create(&tc, NULL, bg_post, &c);
+    int h3 = health_when(&n, "queued", 2, "backlog_ms");
+    pthread_join(ta, NULL);
+    pthread_join(tb, NULL);
+    pthread_join(tc, NULL);
+    json_t *ja = parse(&a.r);
+    double a_ms = json_real_value(json_object_get(json_object_get(ja, "timings"), "ttlt_ms"));
+    json_decref(ja);
+    print_message("backlog: A running %d ms (took %.0f ms), + B (same prefix) %d ms, + C (other prefix) %d ms\n", h1,
+                  a_ms, h2, h3);
+    assert_true(h1 > 0.4 * a_ms && h1 < 2.5 * a_ms); /* A's estimate as it started (the machine may be busy) */
+    assert_true(h3 - h2 > h1 / 2);      /* C: about as much again */
+    assert_true(h3 - h2 > 4 * (h2 - h1)); /* B: its last segment only */
+    resp *rs[3] = {&a.r, &b.r, &c.r};
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(rs[i]->status, 200);
+        free(rs[i]->body);
+    }
+    assert_int_equal(health_when(&n, "queued", 0, "backlog_ms"), 0);
+    free(qa);
+    free(qb);
+    free(qc);
+    assert_int_equal(node_stop(&n), 0);
+}
+
 static size_t on_discard(char *p, size_t sz, size_t nm, void *ud) { return sz * nm; }
 
 /* Two contexts compute two requests at once, with the same answers as one
@@ -584,6 +657,7 @@ int main(void) {
         cmocka_unit_test(test_body_limit),
         cmocka_unit_test(test_busy_and_graceful_stop),
         cmocka_unit_test(test_parallel_contexts),
+        cmocka_unit_test(test_backlog_counts_work),
         cmocka_unit_test(test_client_disconnect),
     };
     int failed = cmocka_run_group_tests_name("shared node", shared, group_setup, group_teardown);

@@ -22,7 +22,7 @@ static km_member rec(const char *id, const char *addr, uint64_t inc, uint64_t hb
     r.incarnation = inc;
     r.heartbeat = hb;
     r.catalog_version = 1;
-    r.load = (km_member_load){.queued = 0, .running = 0, .parallel = 1, .queue_max = 16};
+    r.load = (km_member_load){.queued = 0, .running = 0, .parallel = 1, .queue_max = 16, .backlog_ms = 0};
     r.prefill_tok_s = 5.25;
     return r;
 }
@@ -214,7 +214,7 @@ static void test_merge_higher_version_wins(void **state) {
     km_members *m = table("A", "a:1", 100);
     km_member b = rec("B", "b:1", 100, 5);
     b.catalog_version = 7;
-    b.load = (km_member_load){.queued = 3, .running = 2, .parallel = 2, .queue_max = 8};
+    b.load = (km_member_load){.queued = 3, .running = 2, .parallel = 2, .queue_max = 8, .backlog_ms = 48000};
     b.prefill_tok_s = 12.5;
     km_member_change ch[4];
     assert_int_equal(merge_recs(m, &b, 1, 1000, ch, 4), 1);
@@ -229,6 +229,7 @@ static void test_merge_higher_version_wins(void **state) {
     assert_int_equal(g.load.running, 2);
     assert_int_equal(g.load.parallel, 2);
     assert_int_equal(g.load.queue_max, 8);
+    assert_int_equal(g.load.backlog_ms, 48000);
     assert_true(g.prefill_tok_s == 12.5);
     assert_int_equal(g.state, KM_MEMBER_ALIVE);
     assert_true(g.last_heard_ms == 1000);
@@ -533,7 +534,7 @@ static void test_model_flag(void **state) {
 static void test_update_self_and_beat(void **state) {
     (void)state;
     km_members *m = table("A", "a:1", 100);
-    km_member_load l = {.queued = 2, .running = 1, .parallel = 2, .queue_max = 16};
+    km_member_load l = {.queued = 2, .running = 1, .parallel = 2, .queue_max = 16, .backlog_ms = 7300};
     km_members_update_self(m, 42, &l, 31.5);
     km_members_beat(m);
     km_member s = get(m, "A");
@@ -541,6 +542,7 @@ static void test_update_self_and_beat(void **state) {
     assert_int_equal(s.catalog_version, 42);
     assert_int_equal(s.load.queued, 2);
     assert_int_equal(s.load.queue_max, 16);
+    assert_int_equal(s.load.backlog_ms, 7300);
     assert_true(s.prefill_tok_s == 31.5);
     /* km_catalog's saturated UINT64_MAX and absurd inputs are clamped to what the wire holds. */
     l.running = -3;
@@ -709,11 +711,12 @@ static void test_roundtrip(void **state) {
     for (int k = 0; k < KM_FINGERPRINT_LEN; k++) r[0].model[k] = (uint8_t)(k * 17 + 3);
     r[1] = rec("max", "255.255.255.255:65535", (uint64_t)INT64_MAX, (uint64_t)INT64_MAX);
     r[1].catalog_version = (uint64_t)INT64_MAX;
-    r[1].load = (km_member_load){KM_MEMBER_LOAD_MAX, KM_MEMBER_LOAD_MAX, KM_MEMBER_LOAD_MAX, KM_MEMBER_LOAD_MAX};
+    r[1].load = (km_member_load){KM_MEMBER_LOAD_MAX, KM_MEMBER_LOAD_MAX, KM_MEMBER_LOAD_MAX, KM_MEMBER_LOAD_MAX,
+                                 KM_MEMBER_BACKLOG_MAX};
     r[1].prefill_tok_s = KM_MEMBER_RATE_MAX;
     r[2] = rec("zero", "h:1", 0, 0);
     r[2].catalog_version = 0;
-    r[2].load = (km_member_load){0, 0, 0, 0};
+    r[2].load = (km_member_load){0, 0, 0, 0, 0};
     r[2].prefill_tok_s = 0;
     r[3] = rec("thirds", "x.example.org:443", 3, 3);
     r[3].prefill_tok_s = 1.0 / 3.0;
@@ -743,11 +746,13 @@ static void test_roundtrip(void **state) {
     /* Integers accepted for the rate, reals written back; unknown fields ignored. */
     const char *fwd = "{\"v\":1,\"future\":{\"x\":[1,2,{}]},\"from\":\"B\",\"members\":[{\"id\":\"B\",\"addr\":\"b:1\","
                       "\"incarnation\":1,\"heartbeat\":2,\"catalog_version\":3,\"queued\":4,\"running\":5,"
-                      "\"parallel\":6,\"queue_max\":7,\"prefill_tok_s\":8,\"zone\":\"eu\",\"gpu\":null}]}";
+                      "\"parallel\":6,\"queue_max\":7,\"backlog_ms\":9,\"prefill_tok_s\":8,\"zone\":\"eu\","
+                      "\"gpu\":null}]}";
     if (km_gossip_decode(fwd, strlen(fwd), NULL, &msg, &err) != 0) fail_msg("decode: %s", err.msg);
     assert_int_equal(msg.n, 1);
     assert_true(msg.members[0].prefill_tok_s == 8.0);
     assert_int_equal(msg.members[0].load.queue_max, 7);
+    assert_int_equal(msg.members[0].load.backlog_ms, 9);
     assert_false(msg.members[0].has_model);
     km_gossip_msg_free(&msg);
 
@@ -858,6 +863,9 @@ static void test_malformed(void **state) {
     expect_edit_rejected(m, "\"running\":0", "\"running\":-1", "members[0].running: -1 out of range");
     expect_edit_rejected(m, "\"parallel\":1", "\"parallel\":99999999999", "members[0].parallel: 99999999999 out of range");
     expect_edit_rejected(m, "\"queue_max\":16", "\"queue_max\":{}", "members[0].queue_max: expected an integer, got an object");
+    expect_edit_rejected(m, "\"backlog_ms\":0", "\"backlog_ms\":86400001", "gossip: members[0].backlog_ms: 86400001 out of range 0..86400000");
+    expect_edit_rejected(m, "\"backlog_ms\":0", "\"backlog_ms\":2.5", "members[0].backlog_ms: expected an integer, got a real number");
+    expect_edit_rejected(m, "\"backlog_ms\":0,", "", "gossip: members[0]: missing \"backlog_ms\"");
     expect_edit_rejected(m, "\"prefill_tok_s\":5.25", "\"prefill_tok_s\":-0.5", "gossip: members[0].prefill_tok_s: -0.5 out of range 0..1e+09");
     expect_edit_rejected(m, "\"prefill_tok_s\":5.25", "\"prefill_tok_s\":1e10", "prefill_tok_s: 1e+10 out of range");
     expect_edit_rejected(m, "\"prefill_tok_s\":5.25", "\"prefill_tok_s\":1e999", "gossip: invalid JSON: real number overflow");
@@ -889,8 +897,9 @@ static void test_malformed(void **state) {
     expect_edit_rejected(m, "\"model\":\"cdcd", "\"model\":\"zzcd", "members[1].model: expected 32 lowercase hex");
     expect_edit_rejected(m, "\"model\":\"cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd\"", "\"model\":null", "members[1].model: expected a string, got null");
     /* One bad record anywhere spoils the whole message: B (first, valid) is not applied either. */
-    expect_edit_rejected(m, "\"queue_max\":16,\"prefill_tok_s\":5.25,\"model\"",
-                         "\"queue_max\":-16,\"prefill_tok_s\":5.25,\"model\"", "gossip: members[1].queue_max: -16 out of range");
+    expect_edit_rejected(m, "\"queue_max\":16,\"backlog_ms\":0,\"prefill_tok_s\":5.25,\"model\"",
+                         "\"queue_max\":-16,\"backlog_ms\":0,\"prefill_tok_s\":5.25,\"model\"",
+                         "gossip: members[1].queue_max: -16 out of range");
     assert_int_equal(km_members_get(m, "B", NULL), 0);
 
     /* Deep nesting, even in a field that would be ignored. */

@@ -124,11 +124,22 @@ static void test_route_modes(void **state) {
     snprintf(seed, sizeof seed, "127.0.0.1:%d", a.port);
     const char *iso_args[] = {"--gossip-ms", "100", "--route", "isolated", "--peers", seed, NULL};
     const char *fetch_args[] = {"--gossip-ms", "100", "--route", "fetch", "--peers", seed, NULL};
-    tu_node iso = start(iso_args), fetch = start(fetch_args);
+    /* forwards cross the node's emulated link like its other peer calls */
+    const char *fwd_args[] = {"--gossip-ms", "100", "--route", "forward", "--link", "rtt=400ms", "--peers", seed, NULL};
+    tu_node iso = start(iso_args), fetch = start(fetch_args), fwd = start(fwd_args);
     char src[32];
     char *text_a = ask(&a, src, sizeof src);
     assert_true(wait_peer_catalog(&iso, 3) >= 3);
     assert_true(wait_peer_catalog(&fetch, 3) >= 3);
+    assert_true(wait_peer_catalog(&fwd, 3) >= 3);
+    double t0 = km_now_ms();
+    char *t_fwd = ask(&fwd, src, sizeof src);
+    double fwd_ms = km_now_ms() - t0;
+    assert_string_equal(src, "local"); /* run by A, from its own state */
+    assert_string_equal(t_fwd, text_a);
+    if (fwd_ms < 400) fail_msg("a forward over a 400 ms link took %.0f ms", fwd_ms);
+    free(t_fwd);
+    assert_int_equal(tu_node_stop(&fwd), 0);
     char *t_iso = ask(&iso, src, sizeof src);
     assert_string_equal(src, "none");
     char *t_fetch = ask(&fetch, src, sizeof src);
@@ -276,7 +287,13 @@ static void test_peer_dies_and_returns(void **state) {
     assert_true(wait_peer_catalog(&b, 5) >= 5);
     tu_resp rb = tu_http(b.url, "POST", "/v1/completions", q2, NULL);
     json_t *ja = parse(&ra), *jb = parse(&rb);
-    assert_string_equal(json_string_value(json_object_get(json_object_get(jb, "timings"), "cache_source")), "peer");
+    /* B never saw q2: whatever it reuses came from A -- fetched ("peer"), or
+     * the planner forwarded the request to A, which reused its own ("local") */
+    json_t *tb = json_object_get(jb, "timings");
+    const char *source = json_string_value(json_object_get(tb, "cache_source"));
+    if (strcmp(source, "peer") != 0) assert_string_equal(source, "local");
+    assert_int_equal(json_integer_value(json_object_get(tb, "cached_n")),
+                     json_integer_value(json_object_get(json_object_get(ja, "timings"), "prompt_n")) - 1);
     assert_string_equal(json_string_value(json_object_get(json_array_get(json_object_get(jb, "choices"), 0), "text")),
                         json_string_value(json_object_get(json_array_get(json_object_get(ja, "choices"), 0), "text")));
     json_decref(ja);

@@ -46,6 +46,7 @@ static void check_record(const km_member *r) {
     const int l[4] = {r->load.queued, r->load.running, r->load.parallel, r->load.queue_max};
     for (int k = 0; k < 4; k++)
         if (l[k] < 0 || l[k] > KM_MEMBER_LOAD_MAX) abort();
+    if (r->load.backlog_ms < 0 || r->load.backlog_ms > KM_MEMBER_BACKLOG_MAX) abort();
     if (!isfinite(r->prefill_tok_s) || r->prefill_tok_s < 0 || r->prefill_tok_s > KM_MEMBER_RATE_MAX) abort();
     if (r->self || r->state != KM_MEMBER_ALIVE || r->last_heard_ms != 0 || r->same_model) abort();
 }
@@ -73,14 +74,14 @@ static km_members *fixture(const km_members_params *p) {
     static const char known[] =
         "{\"v\":1,\"from\":\"a\",\"members\":["
         "{\"id\":\"a\",\"addr\":\"a:1\",\"incarnation\":5,\"heartbeat\":5,\"catalog_version\":1,\"queued\":0,"
-        "\"running\":0,\"parallel\":1,\"queue_max\":4,\"prefill_tok_s\":1.5},"
+        "\"running\":0,\"parallel\":1,\"queue_max\":4,\"backlog_ms\":0,\"prefill_tok_s\":1.5},"
         "{\"id\":\"b\",\"addr\":\"[::1]:2\",\"incarnation\":5,\"heartbeat\":5,\"catalog_version\":1,\"queued\":0,"
-        "\"running\":0,\"parallel\":1,\"queue_max\":4,\"prefill_tok_s\":2}]}";
+        "\"running\":0,\"parallel\":1,\"queue_max\":4,\"backlog_ms\":0,\"prefill_tok_s\":2}]}";
     if (km_members_merge(m, known, sizeof known - 1, 0, NULL, 0, NULL) != 2) abort();
     static const char late[] =
         "{\"v\":1,\"from\":\"c\",\"members\":["
         "{\"id\":\"c\",\"addr\":\"seed:1\",\"incarnation\":9,\"heartbeat\":1,\"catalog_version\":3,\"queued\":1,"
-        "\"running\":1,\"parallel\":2,\"queue_max\":4,\"prefill_tok_s\":0.25}]}";
+        "\"running\":1,\"parallel\":2,\"queue_max\":4,\"backlog_ms\":0,\"prefill_tok_s\":0.25}]}";
     if (km_members_merge(m, late, sizeof late - 1, 8000, NULL, 0, NULL) != 1) abort();
     km_members_tick(m, 10000); /* a, b DEAD; c alive */
     return m;
@@ -192,7 +193,8 @@ static void structured(const uint8_t *data, size_t size) {
         r[i].incarnation = (uint64_t)b[9] << (b[10] % 56);
         r[i].heartbeat = (uint64_t)b[11] << (b[12] % 56);
         r[i].catalog_version = b[13];
-        r[i].load = (km_member_load){b[14], b[15], b[16] % 4, b[17]};
+        /* backlog <= 255 << 18 ms, within KM_MEMBER_BACKLOG_MAX */
+        r[i].load = (km_member_load){b[14], b[15], b[16] % 4, b[17], (int)b[23] << (b[10] % 19)};
         r[i].prefill_tok_s = b[18] == 0 ? 0 : ldexp((double)b[18], b[19] % 40 - 20);
         r[i].has_model = b[20] & 1;
         for (int k = 0; k < KM_FINGERPRINT_LEN; k++) r[i].model[k] = (uint8_t)(b[21] + k * b[22]);
