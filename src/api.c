@@ -789,11 +789,12 @@ static enum MHD_Result handle_health(km_api *a, struct MHD_Connection *c) {
         int n = km_mesh_peers(mesh, peers, 64);
         json_t *arr = json_array();
         for (int i = 0; i < n && i < 64; i++)
-            json_array_append_new(arr, json_pack("{s:s,s:s,s:s,s:b,s:o}", "id", peers[i].id, "addr", peers[i].addr,
-                                                 "state", km_member_state_name(peers[i].state), "same_model",
-                                                 peers[i].same_model, "catalog_keys",
-                                                 peers[i].has_catalog ? json_integer(peers[i].catalog_keys)
-                                                                      : json_null()));
+            json_array_append_new(
+                arr, json_pack("{s:s,s:s,s:s,s:b,s:o,s:i,s:f,s:f}", "id", peers[i].id, "addr", peers[i].addr, "state",
+                               km_member_state_name(peers[i].state), "same_model", peers[i].same_model, "catalog_keys",
+                               peers[i].has_catalog ? json_integer(peers[i].catalog_keys) : json_null(), "backlog_ms",
+                               peers[i].backlog_ms, "link_rtt_ms", peers[i].link_rtt_ms, "link_mbit",
+                               peers[i].link_mbit));
         json_object_set_new(h, "mesh_id", json_string(km_mesh_id(mesh)));
         json_object_set_new(h, "peers", arr);
     }

@@ -216,6 +216,11 @@ static int cmp_version(uint64_t inc_a, uint64_t hb_a, uint64_t inc_b, uint64_t h
 static int clamp_load(int v) { return v < 0 ? 0 : v > KM_MEMBER_LOAD_MAX ? KM_MEMBER_LOAD_MAX : v; }
 static int clamp_backlog(int v) { return v < 0 ? 0 : v > KM_MEMBER_BACKLOG_MAX ? KM_MEMBER_BACKLOG_MAX : v; }
 
+static double clamp_link(double v) {
+    if (!isfinite(v) || v <= 0) return 0.0;
+    return v > KM_MEMBER_LINK_MAX ? KM_MEMBER_LINK_MAX : v;
+}
+
 static double clamp_rate(double r) {
     if (!isfinite(r) || r <= 0) return 0.0; /* also turns -0 into 0 */
     return r > KM_MEMBER_RATE_MAX ? KM_MEMBER_RATE_MAX : r;
@@ -230,6 +235,8 @@ static void copy_gossiped(km_member *dst, const km_member *src) {
     dst->catalog_version = src->catalog_version;
     dst->load = src->load;
     dst->prefill_tok_s = src->prefill_tok_s;
+    dst->link_rtt_ms = src->link_rtt_ms;
+    dst->link_mbit = src->link_mbit;
     dst->has_model = src->has_model;
     memcpy(dst->model, src->model, sizeof dst->model);
 }
@@ -285,6 +292,8 @@ km_members *km_members_new(const km_member *self, const km_members_params *p, km
     s->load.queue_max = clamp_load(s->load.queue_max);
     s->load.backlog_ms = clamp_backlog(s->load.backlog_ms);
     s->prefill_tok_s = clamp_rate(s->prefill_tok_s);
+    s->link_rtt_ms = clamp_link(s->link_rtt_ms);
+    s->link_mbit = clamp_link(s->link_mbit);
     s->state = KM_MEMBER_ALIVE;
     s->self = true;
     s->same_model = s->has_model;
@@ -359,6 +368,13 @@ void km_members_update_self(km_members *m, uint64_t catalog_version, const km_me
         s->load.backlog_ms = clamp_backlog(load->backlog_ms);
     }
     s->prefill_tok_s = clamp_rate(prefill_tok_s);
+    pthread_mutex_unlock(&m->mu);
+}
+
+void km_members_update_link(km_members *m, double rtt_ms, double mbit) {
+    pthread_mutex_lock(&m->mu);
+    m->recs[0].link_rtt_ms = clamp_link(rtt_ms);
+    m->recs[0].link_mbit = clamp_link(mbit);
     pthread_mutex_unlock(&m->mu);
 }
 
@@ -439,6 +455,19 @@ static int get_int(const json_t *obj, int i, const char *key, json_int_t max, js
     return 0;
 }
 
+/* A number (integer or real) in 0..max; -0 becomes 0, so records compare
+ * bitwise after a round trip. */
+static int get_real(const json_t *obj, int i, const char *key, double max, double *out, km_error *err) {
+    const json_t *v = json_object_get(obj, key);
+    field_ctx f = {i, key};
+    if (!v) return missing(err, i, key);
+    if (!json_is_number(v)) return field_error(err, f, "expected a number, got %s", json_type_name(v));
+    double x = json_number_value(v);
+    if (!isfinite(x) || x < 0 || x > max) return field_error(err, f, "%g out of range 0..%g", x, max);
+    *out = x == 0 ? 0.0 : x;
+    return 0;
+}
+
 static int get_string(const json_t *obj, int i, const char *key, const char **out, km_error *err) {
     const json_t *v = json_object_get(obj, key);
     if (!v) return missing(err, i, key);
@@ -485,16 +514,11 @@ static int decode_record(const json_t *o, int i, km_member *r, km_error *err) {
     if (get_int(o, i, "backlog_ms", KM_MEMBER_BACKLOG_MAX, &x, err) != 0) return -1;
     r->load.backlog_ms = (int)x;
 
-    const json_t *v = json_object_get(o, "prefill_tok_s");
-    field_ctx fr = {i, "prefill_tok_s"};
-    if (!v) return missing(err, i, "prefill_tok_s");
-    if (!json_is_number(v)) return field_error(err, fr, "expected a number, got %s", json_type_name(v));
-    double rate = json_number_value(v);
-    if (!isfinite(rate) || rate < 0 || rate > KM_MEMBER_RATE_MAX)
-        return field_error(err, fr, "%g out of range 0..%g", rate, KM_MEMBER_RATE_MAX);
-    r->prefill_tok_s = rate == 0 ? 0.0 : rate; /* -0 -> 0: records compare bitwise after a round trip */
+    if (get_real(o, i, "prefill_tok_s", KM_MEMBER_RATE_MAX, &r->prefill_tok_s, err) != 0) return -1;
+    if (get_real(o, i, "link_rtt_ms", KM_MEMBER_LINK_MAX, &r->link_rtt_ms, err) != 0) return -1;
+    if (get_real(o, i, "link_mbit", KM_MEMBER_LINK_MAX, &r->link_mbit, err) != 0) return -1;
 
-    v = json_object_get(o, "model");
+    const json_t *v = json_object_get(o, "model");
     if (v) {
         field_ctx fm = {i, "model"};
         if (!json_is_string(v)) return field_error(err, fm, "expected a string, got %s", json_type_name(v));
@@ -622,7 +646,8 @@ static json_t *encode_record(const km_member *r) {
               put(o, "parallel", json_integer(r->load.parallel)) &&
               put(o, "queue_max", json_integer(r->load.queue_max)) &&
               put(o, "backlog_ms", json_integer(r->load.backlog_ms)) &&
-              put(o, "prefill_tok_s", json_real(r->prefill_tok_s));
+              put(o, "prefill_tok_s", json_real(r->prefill_tok_s)) &&
+              put(o, "link_rtt_ms", json_real(r->link_rtt_ms)) && put(o, "link_mbit", json_real(r->link_mbit));
     if (ok && r->has_model) {
         char hex[2 * KM_FINGERPRINT_LEN + 1];
         for (int k = 0; k < KM_FINGERPRINT_LEN; k++) snprintf(hex + 2 * k, 3, "%02x", r->model[k]);
@@ -649,6 +674,10 @@ static int check_record(const km_member *r, km_error *err) {
         return km_error_set(err, "backlog_ms %d out of range", r->load.backlog_ms);
     if (!isfinite(r->prefill_tok_s) || r->prefill_tok_s < 0 || r->prefill_tok_s > KM_MEMBER_RATE_MAX)
         return km_error_set(err, "prefill_tok_s %g out of range", r->prefill_tok_s);
+    const double lk[2] = {r->link_rtt_ms, r->link_mbit};
+    for (int k = 0; k < 2; k++)
+        if (!isfinite(lk[k]) || lk[k] < 0 || lk[k] > KM_MEMBER_LINK_MAX)
+            return km_error_set(err, "link estimate %g out of range", lk[k]);
     return 0;
 }
 

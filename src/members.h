@@ -62,11 +62,13 @@
  *   record: {"id":"a1b2","addr":"10.0.0.5:8080","incarnation":1718000000000,
  *            "heartbeat":42,"catalog_version":7,"queued":0,"running":1,
  *            "parallel":2,"queue_max":16,"backlog_ms":5200,"prefill_tok_s":31.5,
+ *            "link_rtt_ms":4.5,"link_mbit":18.2,
  *            "model":"<32 lowercase hex>"}        ("model" is optional)
  * The sender's record comes first; then every known member that is not DEAD.
  * Integers are JSON integers in 0..2^63-1 (what jansson and most JSON readers
  * hold exactly); load fields in 0..KM_MEMBER_LOAD_MAX, backlog_ms in
- * 0..KM_MEMBER_BACKLOG_MAX; prefill_tok_s a finite
+ * 0..KM_MEMBER_BACKLOG_MAX; link_rtt_ms and link_mbit finite numbers in
+ * 0..KM_MEMBER_LINK_MAX; prefill_tok_s a finite
  * number in 0..1e9. Unknown fields are ignored (forward compatibility); a
  * missing or mistyped field, a value out of range, a duplicate id or key, a
  * "from" without a record, v != 1, or more than max_members records reject the
@@ -91,6 +93,7 @@
 #define KM_MEMBER_LOAD_MAX (1 << 20) /* bound of queued, running, parallel, queue_max */
 #define KM_MEMBER_RATE_MAX 1e9       /* bound of prefill_tok_s */
 #define KM_MEMBER_BACKLOG_MAX 86400000 /* bound of backlog_ms (a day) */
+#define KM_MEMBER_LINK_MAX 1e6         /* bound of link_rtt_ms and link_mbit */
 #define KM_MEMBER_U64_MAX ((uint64_t)INT64_MAX) /* bound of incarnation, heartbeat, catalog version */
 #define KM_MEMBERS_MAX_SEEDS 64
 
@@ -118,6 +121,10 @@ typedef struct km_member {
     uint64_t catalog_version;
     km_member_load load;
     double prefill_tok_s;    /* measured; 0 = not yet */
+    /* its link to its peers as it measured it (state fetches): round trip
+     * and bandwidth; 0 = not yet. What a node that never fetched from it
+     * can estimate a fetch with. */
+    double link_rtt_ms, link_mbit;
     bool has_model;
     uint8_t model[KM_FINGERPRINT_LEN];
     /* local */
@@ -154,6 +161,8 @@ int km_members_add_seed_list(km_members *m, const char *list, km_error *err);
 /* Our load, rate and catalog version (clamped into the gossiped ranges). */
 void km_members_update_self(km_members *m, uint64_t catalog_version, const km_member_load *load,
                             double prefill_tok_s);
+/* Our link estimate (clamped into the gossiped range; not finite -> 0). */
+void km_members_update_link(km_members *m, double rtt_ms, double mbit);
 /* Advance our heartbeat; once per gossip round, before encoding. */
 void km_members_beat(km_members *m);
 

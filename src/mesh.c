@@ -97,6 +97,9 @@ int km_mesh_peers(km_mesh *m, km_peer_info *out, int max) {
             snprintf(pi->addr, sizeof pi->addr, "%s", snap[i].addr);
             pi->state = snap[i].state;
             pi->same_model = snap[i].same_model;
+            pi->backlog_ms = snap[i].load.backlog_ms;
+            pi->link_rtt_ms = snap[i].link_rtt_ms;
+            pi->link_mbit = snap[i].link_mbit;
             peer *p = find_peer(m, snap[i].id);
             if (p && p->cat) {
                 pi->has_catalog = true;
@@ -425,10 +428,32 @@ static void sync_peers(km_mesh *m) {
     free(snap);
 }
 
+/* Our own link estimate for gossip: the mean of our fits to the peers we
+ * have fetched from (an edge device's bottleneck is mostly its own link). */
+static void self_link(km_mesh *m, double *rtt_ms, double *mbit) {
+    double rtt_sum = 0, bpm_sum = 0;
+    int n = 0;
+    pthread_mutex_lock(&m->lock);
+    for (int k = 0; k < m->n_peers; k++) {
+        double rtt, bpm;
+        km_linkfit_params(&m->peers[k].link, &rtt, &bpm);
+        if (bpm <= 0) continue;
+        rtt_sum += rtt;
+        bpm_sum += bpm;
+        n++;
+    }
+    pthread_mutex_unlock(&m->lock);
+    *rtt_ms = n ? rtt_sum / n : 0;
+    *mbit = n ? bpm_sum / n * 8.0 / 1000.0 : 0; /* bytes/ms -> Mbit/s */
+}
+
 void km_mesh_gossip_now(km_mesh *m) {
     km_node_load l = km_node_get_load(m->node);
     km_member_load ml = {l.queued, l.running, l.parallel, l.queue_max, (int)(l.backlog_ms + 0.5)};
     km_members_update_self(m->members, km_node_catalog_version(m->node), &ml, l.prefill_tok_s);
+    double rtt, mbit;
+    self_link(m, &rtt, &mbit);
+    km_members_update_link(m->members, rtt, mbit);
     km_members_beat(m->members);
     km_gossip_target t;
     if (km_members_pick_target(m->members, &m->rng, &t)) {
@@ -573,6 +598,21 @@ static void route_longest_prefix(km_mesh *m, const km_prompt_plan *plan, km_rout
     if (out->forward) out->path = "forward";
 }
 
+/* The link to a peer: our fit of our fetches from it; before we have
+ * fetched anything, what the peer measured of its own link and gossiped. */
+static double peer_rtt_ms(const peer *p, const km_member *mb) {
+    double rtt, bpm;
+    km_linkfit_params(&p->link, &rtt, &bpm);
+    if (bpm > 0) return rtt;
+    return mb->link_mbit > 0 ? mb->link_rtt_ms : DEFAULT_RTT_MS;
+}
+
+static double peer_fetch_ms(const peer *p, const km_member *mb, size_t state_bytes) {
+    double own = km_linkfit_fetch_ms(&p->link, state_bytes);
+    if (own >= 0 || mb->link_mbit <= 0) return own;
+    return mb->link_rtt_ms + (double)state_bytes * p->link.wire_ratio / (mb->link_mbit * 1000.0 / 8.0);
+}
+
 void km_mesh_route(km_mesh *m, const km_prompt_plan *plan, km_route *out) {
     memset(out, 0, sizeof *out);
     int local_reuse = plan->local_hit >= 0 ? plan->bounds[plan->local_hit] : 0;
@@ -609,11 +649,8 @@ void km_mesh_route(km_mesh *m, const km_prompt_plan *plan, km_route *out) {
         memset(v, 0, sizeof *v);
         for (int i = plan->n_bounds - 1; p->cat && i >= 0 && !v->hold; i--)
             if (km_catalog_check(p->cat->cat, plan->keys[i])) v->hold = plan->bounds[i];
-        v->fetch_ms = v->hold > local_reuse ? km_linkfit_fetch_ms(&p->link, km_node_state_size_estimate(m->node, v->hold))
-                                            : -1;
-        double bpm;
-        km_linkfit_params(&p->link, &v->rtt_ms, &bpm);
-        if (bpm <= 0) v->rtt_ms = DEFAULT_RTT_MS;
+        v->fetch_ms = v->hold > local_reuse ? peer_fetch_ms(p, mb, km_node_state_size_estimate(m->node, v->hold)) : -1;
+        v->rtt_ms = peer_rtt_ms(p, mb);
         v->prefill_tok_ms = mb->prefill_tok_s / 1000.0;
         v->full = mb->load.queued + p->forwards >= mb->load.queue_max + mb->load.parallel;
         /* its record shows the forwards that began before we last heard of it */

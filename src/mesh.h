@@ -69,6 +69,8 @@ typedef struct km_peer_info {
     bool same_model;
     uint32_t catalog_keys; /* keys in the catalog of it we hold (0: none fetched) */
     bool has_catalog;
+    int backlog_ms;        /* as gossiped */
+    double link_rtt_ms, link_mbit; /* its own link estimate, as gossiped (0: none yet) */
 } km_peer_info;
 
 /* The peers of the membership table (ourselves excluded); returns the count

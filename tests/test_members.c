@@ -24,6 +24,8 @@ static km_member rec(const char *id, const char *addr, uint64_t inc, uint64_t hb
     r.catalog_version = 1;
     r.load = (km_member_load){.queued = 0, .running = 0, .parallel = 1, .queue_max = 16, .backlog_ms = 0};
     r.prefill_tok_s = 5.25;
+    r.link_rtt_ms = 4.5;
+    r.link_mbit = 18.25;
     return r;
 }
 
@@ -544,6 +546,15 @@ static void test_update_self_and_beat(void **state) {
     assert_int_equal(s.load.queue_max, 16);
     assert_int_equal(s.load.backlog_ms, 7300);
     assert_true(s.prefill_tok_s == 31.5);
+    km_members_update_link(m, 6.5, 19.5);
+    s = get(m, "A");
+    assert_true(s.link_rtt_ms == 6.5 && s.link_mbit == 19.5);
+    km_members_update_link(m, -1, 1.0 / 0.0); /* nonsense reads as unknown */
+    s = get(m, "A");
+    assert_true(s.link_rtt_ms == 0 && s.link_mbit == 0);
+    km_members_update_link(m, 3, 5e9);
+    s = get(m, "A");
+    assert_true(s.link_rtt_ms == 3 && s.link_mbit == KM_MEMBER_LINK_MAX);
     /* km_catalog's saturated UINT64_MAX and absurd inputs are clamped to what the wire holds. */
     l.running = -3;
     km_members_update_self(m, UINT64_MAX, &l, 1.0 / 0.0);
@@ -699,6 +710,8 @@ static void assert_same_gossiped(const km_member *a, const km_member *b) {
     assert_true(a->catalog_version == b->catalog_version);
     assert_memory_equal(&a->load, &b->load, sizeof a->load);
     assert_memory_equal(&a->prefill_tok_s, &b->prefill_tok_s, sizeof(double)); /* bit for bit */
+    assert_memory_equal(&a->link_rtt_ms, &b->link_rtt_ms, sizeof(double));
+    assert_memory_equal(&a->link_mbit, &b->link_mbit, sizeof(double));
     assert_int_equal(a->has_model, b->has_model);
     if (a->has_model) assert_memory_equal(a->model, b->model, KM_FINGERPRINT_LEN);
 }
@@ -714,12 +727,17 @@ static void test_roundtrip(void **state) {
     r[1].load = (km_member_load){KM_MEMBER_LOAD_MAX, KM_MEMBER_LOAD_MAX, KM_MEMBER_LOAD_MAX, KM_MEMBER_LOAD_MAX,
                                  KM_MEMBER_BACKLOG_MAX};
     r[1].prefill_tok_s = KM_MEMBER_RATE_MAX;
+    r[1].link_rtt_ms = KM_MEMBER_LINK_MAX;
+    r[1].link_mbit = KM_MEMBER_LINK_MAX;
     r[2] = rec("zero", "h:1", 0, 0);
     r[2].catalog_version = 0;
     r[2].load = (km_member_load){0, 0, 0, 0, 0};
     r[2].prefill_tok_s = 0;
+    r[2].link_rtt_ms = 0;
+    r[2].link_mbit = 0;
     r[3] = rec("thirds", "x.example.org:443", 3, 3);
     r[3].prefill_tok_s = 1.0 / 3.0;
+    r[3].link_mbit = 2.0 / 3.0;
     r[4] = rec("tiny", "10.1.2.3:80", 4, 4);
     r[4].prefill_tok_s = 4.9e-324; /* the smallest subnormal */
     r[5] = rec("pi", "[::1]:1", 5, 5);
@@ -746,13 +764,14 @@ static void test_roundtrip(void **state) {
     /* Integers accepted for the rate, reals written back; unknown fields ignored. */
     const char *fwd = "{\"v\":1,\"future\":{\"x\":[1,2,{}]},\"from\":\"B\",\"members\":[{\"id\":\"B\",\"addr\":\"b:1\","
                       "\"incarnation\":1,\"heartbeat\":2,\"catalog_version\":3,\"queued\":4,\"running\":5,"
-                      "\"parallel\":6,\"queue_max\":7,\"backlog_ms\":9,\"prefill_tok_s\":8,\"zone\":\"eu\","
+                      "\"parallel\":6,\"queue_max\":7,\"backlog_ms\":9,\"prefill_tok_s\":8,\"link_rtt_ms\":3,\"link_mbit\":20,\"zone\":\"eu\","
                       "\"gpu\":null}]}";
     if (km_gossip_decode(fwd, strlen(fwd), NULL, &msg, &err) != 0) fail_msg("decode: %s", err.msg);
     assert_int_equal(msg.n, 1);
     assert_true(msg.members[0].prefill_tok_s == 8.0);
     assert_int_equal(msg.members[0].load.queue_max, 7);
     assert_int_equal(msg.members[0].load.backlog_ms, 9);
+    assert_true(msg.members[0].link_rtt_ms == 3.0 && msg.members[0].link_mbit == 20.0);
     assert_false(msg.members[0].has_model);
     km_gossip_msg_free(&msg);
 
@@ -866,6 +885,10 @@ static void test_malformed(void **state) {
     expect_edit_rejected(m, "\"backlog_ms\":0", "\"backlog_ms\":86400001", "gossip: members[0].backlog_ms: 86400001 out of range 0..86400000");
     expect_edit_rejected(m, "\"backlog_ms\":0", "\"backlog_ms\":2.5", "members[0].backlog_ms: expected an integer, got a real number");
     expect_edit_rejected(m, "\"backlog_ms\":0,", "", "gossip: members[0]: missing \"backlog_ms\"");
+    expect_edit_rejected(m, "\"link_rtt_ms\":4.5", "\"link_rtt_ms\":-1", "gossip: members[0].link_rtt_ms: -1 out of range 0..1e+06");
+    expect_edit_rejected(m, "\"link_mbit\":18.25", "\"link_mbit\":2e6", "members[0].link_mbit: 2e+06 out of range 0..1e+06");
+    expect_edit_rejected(m, "\"link_mbit\":18.25", "\"link_mbit\":\"fast\"", "members[0].link_mbit: expected a number, got a string");
+    expect_edit_rejected(m, ",\"link_mbit\":18.25", "", "gossip: members[0]: missing \"link_mbit\"");
     expect_edit_rejected(m, "\"prefill_tok_s\":5.25", "\"prefill_tok_s\":-0.5", "gossip: members[0].prefill_tok_s: -0.5 out of range 0..1e+09");
     expect_edit_rejected(m, "\"prefill_tok_s\":5.25", "\"prefill_tok_s\":1e10", "prefill_tok_s: 1e+10 out of range");
     expect_edit_rejected(m, "\"prefill_tok_s\":5.25", "\"prefill_tok_s\":1e999", "gossip: invalid JSON: real number overflow");
@@ -897,8 +920,8 @@ static void test_malformed(void **state) {
     expect_edit_rejected(m, "\"model\":\"cdcd", "\"model\":\"zzcd", "members[1].model: expected 32 lowercase hex");
     expect_edit_rejected(m, "\"model\":\"cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd\"", "\"model\":null", "members[1].model: expected a string, got null");
     /* One bad record anywhere spoils the whole message: B (first, valid) is not applied either. */
-    expect_edit_rejected(m, "\"queue_max\":16,\"backlog_ms\":0,\"prefill_tok_s\":5.25,\"model\"",
-                         "\"queue_max\":-16,\"backlog_ms\":0,\"prefill_tok_s\":5.25,\"model\"",
+    expect_edit_rejected(m, "\"queue_max\":16,\"backlog_ms\":0,\"prefill_tok_s\":5.25,\"link_rtt_ms\":4.5,\"link_mbit\":18.25,\"model\"",
+                         "\"queue_max\":-16,\"backlog_ms\":0,\"prefill_tok_s\":5.25,\"link_rtt_ms\":4.5,\"link_mbit\":18.25,\"model\"",
                          "gossip: members[1].queue_max: -16 out of range");
     assert_int_equal(km_members_get(m, "B", NULL), 0);
 

@@ -104,6 +104,18 @@ static void test_peer_fetch(void **state) {
     assert_string_equal(text_b, text_a);
     assert_true(metric(&b, "kvmesh_fetched_bytes_total{source=\"peer\"} ") > 1000);
     assert_int_equal(metric(&a, "kvmesh_peer_states_served_total "), 1);
+    /* B now has measured its link and gossips it: A sees it (what A would
+     * estimate a first fetch from B with) */
+    double mbit = 0;
+    for (int i = 0; i < 300 && mbit <= 0; i++) {
+        tu_resp r = tu_http(a.url, "GET", "/health", NULL, NULL);
+        json_t *j = parse(&r);
+        mbit = json_real_value(json_object_get(json_array_get(json_object_get(j, "peers"), 0), "link_mbit"));
+        json_decref(j);
+        free(r.body);
+        if (mbit <= 0) usleep(50000);
+    }
+    if (mbit <= 0) fail_msg("B's link estimate never reached A");
     /* the fetched state is B's own now */
     char *again = ask(&b, src, sizeof src);
     assert_string_equal(src, "local");
