@@ -117,13 +117,13 @@ static void usage(FILE *f) {
             "Client-measured TTFT/TTLT (mean, p50, p95), hit rates by tier, bytes moved, the busiest\n"
             "node's share, the planner's estimate error, ratios vs isolated and PASS/FAIL targets;\n"
             "table on stdout, progress on stderr, bench-fleet.json/.csv/.png in --out (see\n"
-            "docs/fleet.md). The default run (24 runs of 24 requests) takes about 35 minutes on a\n"
-            "2-core machine (80-85 s per run measured); --requests scales it.\n"
+            "docs/fleet.md). The default run (24 runs of 64 requests) takes about 90 minutes on a\n"
+            "2-core machine (3-4 min per run); --requests, --delays, --mixes and --modes cut it.\n"
             "Exits 0 with a SKIP message when the MMLU data is missing.\n"
             "\n"
             "  --model FILE       GGUF model (default models/gemma3-270m-q8_0.gguf)\n"
             "  --nodes N          devices (default 4)\n"
-            "  --requests N       requests per run (default 24)\n"
+            "  --requests N       requests per run (default 64)\n"
             "  --clients N        concurrent closed-loop clients (default 4)\n"
             "  --delays LIST      link round trips in ms (default 2,50,200)\n"
             "  --bw RATE          link bandwidth per direction (default 20mbit)\n"
@@ -882,7 +882,6 @@ typedef struct summary {
     est_hist est;
     double est_median, est_within, est_mean;
     double fwd_overhead_ms; /* forwarded: client TTFT - the peer's queue + TTFT (network, relay, HTTP) */
-    double ttft_rtt_mean;   /* mean TTFT with one link round trip charged to every forwarded request */
     double wall_s;
 } summary;
 
@@ -927,7 +926,6 @@ static summary summarize(const run_result *rr, int n_nodes) {
         s.tier_share[r->tier]++;
         tok_prompt += r->prompt_n;
         tok_reused += r->cached_n;
-        s.ttft_rtt_mean += r->ttft + (r->forwarded ? rr->delay_ms : 0);
         if (r->forwarded) {
             s.forwarded++;
             fwd_over += r->ttft - (r->queue_ms + r->node_ttft_ms);
@@ -944,7 +942,6 @@ static summary summarize(const run_result *rr, int n_nodes) {
         s.ttlt = km_stats_compute(ttlt, s.ok);
         for (int t = 0; t < N_TIERS; t++) s.tier_share[t] /= s.ok;
         s.forwarded /= s.ok;
-        s.ttft_rtt_mean /= s.ok;
     } else {
         s.ttft.mean = s.ttft.p50 = s.ttft.p95 = s.ttlt.mean = s.ttlt.p50 = s.ttlt.p95 = NAN;
     }
@@ -1138,7 +1135,6 @@ static void print_block(const results *R, int mix, int d, const stream *st, FILE
         json_object_set_new(j, "planner_decisions", paths);
         json_object_set_new(j, "estimate_ratio", est);
         json_object_set_new(j, "forward_overhead_ms", jreal(s->fwd_overhead_ms));
-        json_object_set_new(j, "ttft_mean_one_rtt_per_forward_ms", jreal(s->ttft_rtt_mean));
         json_object_set_new(j, "stream_seconds", json_real(s->wall_s));
         json_array_append_new(jruns, j);
     }
@@ -1153,22 +1149,6 @@ static void print_block(const results *R, int mix, int d, const stream *st, FILE
         for (int i = 0; i < o->nodes; i++) printf(" %5.1f", s->node_tps[i]);
         if (isfinite(s->fwd_overhead_ms)) printf("; forward overhead %.0f ms", s->fwd_overhead_ms);
         printf("; %.0f s\n", s->wall_s);
-    }
-    /* A forward crosses the link at least once each way: if it cost less
-     * than a round trip, the link emulation did not see it (the relay of a
-     * forward is not shaped by the node's --link); say what one round trip
-     * per forward would add. */
-    for (int m = 0; m < o->n_modes; m++) {
-        const run_result *rr = &R->runs[run_index(o, mix, d, m)];
-        const summary *s = &R->sums[run_index(o, mix, d, m)];
-        if (!rr->ran || !isfinite(s->fwd_overhead_ms) || o->delays[d] < 10 || s->fwd_overhead_ms >= 0.5 * o->delays[d])
-            continue;
-        char a[16];
-        printf("  note: %s forwards cost %.0f ms over the peer's own time, under the link's %d ms round trip: the "
-               "forward relay is not link-shaped; one round trip per forward would make its mean TTFT %.0f ms (%s vs "
-               "isolated)\n",
-               mode_label(o->modes[m]), s->fwd_overhead_ms, o->delays[d], s->ttft_rtt_mean,
-               fmt_pct(a, sizeof a, iso ? ratio_pct(s->ttft_rtt_mean, iso->ttft.mean) : NAN));
     }
 }
 
@@ -1437,7 +1417,7 @@ static int write_reports(const results *R, const stream *streams, verdicts *v) {
 
 int cmd_bench_fleet(int argc, char **argv) {
     fleet_opts o = {.model = "models/gemma3-270m-q8_0.gguf", .mmlu = "../shared/data/mmlu", .out = "bench-out",
-                    .bw = "20mbit", .nodes = 4, .requests = 24, .clients = 4, .gossip_ms = 250, .ram_mb = 1024,
+                    .bw = "20mbit", .nodes = 4, .requests = 64, .clients = 4, .gossip_ms = 250, .ram_mb = 1024,
                     .delays = {2, 50, 200}, .n_delays = 3, .mixes = {true, true},
                     .modes = {KM_ROUTE_ISOLATED, KM_ROUTE_FETCH, KM_ROUTE_FORWARD, KM_ROUTE_PLANNER}, .n_modes = 4,
                     .seed = 1, .device_rate = 80, .device = DEV_AUTO};
