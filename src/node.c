@@ -492,7 +492,8 @@ static void run_job(worker *w, km_job *j) {
     if (w->planner.prefill_tok_per_ms > 0) n->prefill_tok_per_ms = w->planner.prefill_tok_per_ms;
     if (rc == 0) { /* EWMAs: recent jobs dominate, one outlier does not */
         bool first = n->n_served++ == 0;
-        double extra = res.ttft_ms - res.prefill.t_prefill_ms, tail = res.ttlt_ms - res.ttft_ms;
+        /* beyond the prefill, less remote fetches: those are estimated per path from the link fits */
+        double extra = res.ttft_ms - res.prefill.t_prefill_ms - res.prefill.t_remote_ms, tail = res.ttlt_ms - res.ttft_ms;
         n->service_ms = first ? res.ttlt_ms : n->service_ms + 0.3 * (res.ttlt_ms - n->service_ms);
         n->first_extra_ms = first ? extra : n->first_extra_ms + 0.3 * (extra - n->first_extra_ms);
         n->tail_ms = first ? tail : n->tail_ms + 0.3 * (tail - n->tail_ms);
