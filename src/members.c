@@ -237,6 +237,8 @@ static void copy_gossiped(km_member *dst, const km_member *src) {
     dst->prefill_tok_s = src->prefill_tok_s;
     dst->link_rtt_ms = src->link_rtt_ms;
     dst->link_mbit = src->link_mbit;
+    dst->n_pending = src->n_pending;
+    memcpy(dst->pending, src->pending, sizeof dst->pending);
     dst->has_model = src->has_model;
     memcpy(dst->model, src->model, sizeof dst->model);
 }
@@ -375,6 +377,15 @@ void km_members_update_link(km_members *m, double rtt_ms, double mbit) {
     pthread_mutex_lock(&m->mu);
     m->recs[0].link_rtt_ms = clamp_link(rtt_ms);
     m->recs[0].link_mbit = clamp_link(mbit);
+    pthread_mutex_unlock(&m->mu);
+}
+
+void km_members_update_pending(km_members *m, const km_key *keys, int n) {
+    if (n < 0) n = 0;
+    if (n > KM_MEMBER_PENDING_MAX) n = KM_MEMBER_PENDING_MAX;
+    pthread_mutex_lock(&m->mu);
+    memcpy(m->recs[0].pending, keys, (size_t)n * sizeof *keys);
+    m->recs[0].n_pending = n;
     pthread_mutex_unlock(&m->mu);
 }
 
@@ -518,7 +529,26 @@ static int decode_record(const json_t *o, int i, km_member *r, km_error *err) {
     if (get_real(o, i, "link_rtt_ms", KM_MEMBER_LINK_MAX, &r->link_rtt_ms, err) != 0) return -1;
     if (get_real(o, i, "link_mbit", KM_MEMBER_LINK_MAX, &r->link_mbit, err) != 0) return -1;
 
-    const json_t *v = json_object_get(o, "model");
+    const json_t *v = json_object_get(o, "pending");
+    field_ctx fp = {i, "pending"};
+    if (!v) return missing(err, i, "pending");
+    if (!json_is_array(v)) return field_error(err, fp, "expected an array, got %s", json_type_name(v));
+    if (json_array_size(v) > KM_MEMBER_PENDING_MAX)
+        return field_error(err, fp, "%zu keys, at most %d", json_array_size(v), KM_MEMBER_PENDING_MAX);
+    for (size_t k = 0; k < json_array_size(v); k++) {
+        const json_t *key = json_array_get(v, k);
+        if (!json_is_string(key) || json_string_length(key) != 2 * KM_KEY_LEN)
+            return field_error(err, fp, "[%zu]: expected %d lowercase hex digits", k, 2 * KM_KEY_LEN);
+        s = json_string_value(key);
+        for (int b = 0; b < KM_KEY_LEN; b++) {
+            int hi = hexval(s[2 * b]), lo = hexval(s[2 * b + 1]);
+            if (hi < 0 || lo < 0) return field_error(err, fp, "[%zu]: expected %d lowercase hex digits", k, 2 * KM_KEY_LEN);
+            r->pending[k].b[b] = (uint8_t)(hi << 4 | lo);
+        }
+    }
+    r->n_pending = (int)json_array_size(v);
+
+    v = json_object_get(o, "model");
     if (v) {
         field_ctx fm = {i, "model"};
         if (!json_is_string(v)) return field_error(err, fm, "expected a string, got %s", json_type_name(v));
@@ -648,6 +678,16 @@ static json_t *encode_record(const km_member *r) {
               put(o, "backlog_ms", json_integer(r->load.backlog_ms)) &&
               put(o, "prefill_tok_s", json_real(r->prefill_tok_s)) &&
               put(o, "link_rtt_ms", json_real(r->link_rtt_ms)) && put(o, "link_mbit", json_real(r->link_mbit));
+    json_t *pend = ok ? json_array() : NULL;
+    for (int k = 0; pend && k < r->n_pending; k++) {
+        char hex[2 * KM_KEY_LEN + 1];
+        km_key_hex(r->pending[k], hex);
+        if (json_array_append_new(pend, json_string(hex)) != 0) {
+            json_decref(pend);
+            pend = NULL;
+        }
+    }
+    ok = ok && put(o, "pending", pend);
     if (ok && r->has_model) {
         char hex[2 * KM_FINGERPRINT_LEN + 1];
         for (int k = 0; k < KM_FINGERPRINT_LEN; k++) snprintf(hex + 2 * k, 3, "%02x", r->model[k]);
@@ -678,6 +718,8 @@ static int check_record(const km_member *r, km_error *err) {
     for (int k = 0; k < 2; k++)
         if (!isfinite(lk[k]) || lk[k] < 0 || lk[k] > KM_MEMBER_LINK_MAX)
             return km_error_set(err, "link estimate %g out of range", lk[k]);
+    if (r->n_pending < 0 || r->n_pending > KM_MEMBER_PENDING_MAX)
+        return km_error_set(err, "%d pending keys, at most %d", r->n_pending, KM_MEMBER_PENDING_MAX);
     return 0;
 }
 

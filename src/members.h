@@ -62,13 +62,13 @@
  *   record: {"id":"a1b2","addr":"10.0.0.5:8080","incarnation":1718000000000,
  *            "heartbeat":42,"catalog_version":7,"queued":0,"running":1,
  *            "parallel":2,"queue_max":16,"backlog_ms":5200,"prefill_tok_s":31.5,
- *            "link_rtt_ms":4.5,"link_mbit":18.2,
+ *            "link_rtt_ms":4.5,"link_mbit":18.2,"pending":["<32 lowercase hex>", ...],
  *            "model":"<32 lowercase hex>"}        ("model" is optional)
  * The sender's record comes first; then every known member that is not DEAD.
  * Integers are JSON integers in 0..2^63-1 (what jansson and most JSON readers
  * hold exactly); load fields in 0..KM_MEMBER_LOAD_MAX, backlog_ms in
  * 0..KM_MEMBER_BACKLOG_MAX; link_rtt_ms and link_mbit finite numbers in
- * 0..KM_MEMBER_LINK_MAX; prefill_tok_s a finite
+ * 0..KM_MEMBER_LINK_MAX; pending at most KM_MEMBER_PENDING_MAX keys; prefill_tok_s a finite
  * number in 0..1e9. Unknown fields are ignored (forward compatibility); a
  * missing or mistyped field, a value out of range, a duplicate id or key, a
  * "from" without a record, v != 1, or more than max_members records reject the
@@ -94,6 +94,7 @@
 #define KM_MEMBER_RATE_MAX 1e9       /* bound of prefill_tok_s */
 #define KM_MEMBER_BACKLOG_MAX 86400000 /* bound of backlog_ms (a day) */
 #define KM_MEMBER_LINK_MAX 1e6         /* bound of link_rtt_ms and link_mbit */
+#define KM_MEMBER_PENDING_MAX 8        /* keys in pending */
 #define KM_MEMBER_U64_MAX ((uint64_t)INT64_MAX) /* bound of incarnation, heartbeat, catalog version */
 #define KM_MEMBERS_MAX_SEEDS 64
 
@@ -125,6 +126,10 @@ typedef struct km_member {
      * and bandwidth; 0 = not yet. What a node that never fetched from it
      * can estimate a fetch with. */
     double link_rtt_ms, link_mbit;
+    /* prefixes it is computing now (boundary keys of its running and queued
+     * requests): a request for one, forwarded there, reuses it once done */
+    km_key pending[KM_MEMBER_PENDING_MAX];
+    int n_pending;
     bool has_model;
     uint8_t model[KM_FINGERPRINT_LEN];
     /* local */
@@ -163,6 +168,8 @@ void km_members_update_self(km_members *m, uint64_t catalog_version, const km_me
                             double prefill_tok_s);
 /* Our link estimate (clamped into the gossiped range; not finite -> 0). */
 void km_members_update_link(km_members *m, double rtt_ms, double mbit);
+/* The prefixes we are computing now (at most KM_MEMBER_PENDING_MAX kept). */
+void km_members_update_pending(km_members *m, const km_key *keys, int n);
 /* Advance our heartbeat; once per gossip round, before encoding. */
 void km_members_beat(km_members *m);
 

@@ -454,6 +454,8 @@ void km_mesh_gossip_now(km_mesh *m) {
     double rtt, mbit;
     self_link(m, &rtt, &mbit);
     km_members_update_link(m->members, rtt, mbit);
+    km_key pending[KM_MEMBER_PENDING_MAX];
+    km_members_update_pending(m->members, pending, km_node_pending(m->node, pending, KM_MEMBER_PENDING_MAX));
     km_members_beat(m->members);
     km_gossip_target t;
     if (km_members_pick_target(m->members, &m->rng, &t)) {
@@ -649,6 +651,9 @@ void km_mesh_route(km_mesh *m, const km_prompt_plan *plan, km_route *out) {
         memset(v, 0, sizeof *v);
         for (int i = plan->n_bounds - 1; p->cat && i >= 0 && !v->hold; i--)
             if (km_catalog_check(p->cat->cat, plan->keys[i])) v->hold = plan->bounds[i];
+        for (int i = plan->n_bounds - 1; i >= 0 && !v->pending && plan->bounds[i] > v->hold; i--)
+            for (int q = 0; q < mb->n_pending; q++)
+                if (km_key_equal(mb->pending[q], plan->keys[i])) v->pending = plan->bounds[i];
         v->fetch_ms = v->hold > local_reuse ? peer_fetch_ms(p, mb, km_node_state_size_estimate(m->node, v->hold)) : -1;
         v->rtt_ms = peer_rtt_ms(p, mb);
         v->prefill_tok_ms = mb->prefill_tok_s / 1000.0;
@@ -673,7 +678,8 @@ void km_mesh_route(km_mesh *m, const km_prompt_plan *plan, km_route *out) {
     out->est_local_ms = c.est_local_ms;
     out->est_ms = c.est_ms;
     if (c.path != KM_PATH_LOCAL) {
-        out->peer_prefix = views[c.peer].hold;
+        out->peer_prefix = c.path == KM_PATH_FORWARD && views[c.peer].pending > views[c.peer].hold ? views[c.peer].pending
+                                                                                                : views[c.peer].hold;
         snprintf(out->id, sizeof out->id, "%s", ids[c.peer]);
     }
     if (c.path == KM_PATH_FETCH) out->path = "fetch";

@@ -842,6 +842,23 @@ km_store *km_node_store(km_node *n) { return n->store; }
 km_route_mode km_node_route_mode(const km_node *n) { return n->p.route; }
 km_link *km_node_link(km_node *n) { return n->link; }
 
+/* Up to two keys of a job: its longest boundaries but the last. */
+static int job_pending_keys(const km_job *j, km_key *out, int room) {
+    int k = 0;
+    for (int i = j->n_bounds - 2; i >= 0 && k < 2 && k < room; i--) out[k++] = j->keys[i];
+    return k;
+}
+
+int km_node_pending(km_node *n, km_key *out, int max) {
+    int k = 0;
+    pthread_mutex_lock(&n->lock);
+    for (int w = 0; w < n->p.n_parallel && k < max; w++)
+        if (n->workers[w].current) k += job_pending_keys(n->workers[w].current, out + k, max - k);
+    for (const km_job *j = n->qhead; j && k < max; j = j->next) k += job_pending_keys(j, out + k, max - k);
+    pthread_mutex_unlock(&n->lock);
+    return k;
+}
+
 km_node_load km_node_get_load(km_node *n) {
     pthread_mutex_lock(&n->lock);
     km_node_load l = {n->queued, n->running, n->p.n_parallel, n->p.queue_max, n->prefill_tok_per_ms * 1000.0,

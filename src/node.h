@@ -155,6 +155,11 @@ typedef struct km_node_load {
 } km_node_load;
 
 km_node_load km_node_get_load(km_node *n);
+/* Prefixes being computed now, for peers to forward to: the boundary keys
+ * of the running and queued requests but their last (a prompt's own end is
+ * rarely anyone else's), longest first, running requests first; returns the
+ * count (at most max). */
+int km_node_pending(km_node *n, km_key *out, int max);
 /* The version of the catalog of local states (changes when the store does). */
 uint64_t km_node_catalog_version(km_node *n);
 

@@ -133,7 +133,8 @@ km_route_choice km_planner_route(const km_route_local *l, const km_route_peer *p
             }
         }
         if (p->prefill_tok_ms <= 0 || p->full) continue;
-        double work = (l->n_tokens - p->hold) / p->prefill_tok_ms + l->first_extra_ms;
+        int has = p->pending > p->hold ? p->pending : p->hold; /* its wait includes computing the pending one */
+        double work = (l->n_tokens - has) / p->prefill_tok_ms + l->first_extra_ms;
         double est = 2 * p->rtt_ms + p->wait_ms + work;
         if (best_fwd < 0 || est < best_fwd) {
             best_fwd = est;

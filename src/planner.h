@@ -107,6 +107,7 @@ typedef struct km_route_local {
 
 typedef struct km_route_peer {
     int hold;               /* tokens of the longest prefix its catalog may hold (0: none) */
+    int pending;            /* tokens of a longer prefix it is computing now (0: none; forward only) */
     double fetch_ms;        /* moving the state of that prefix here; < 0 unknown */
     double rtt_ms;          /* link round trip to it */
     double prefill_tok_ms;  /* its gossiped rate; 0 unknown: not a forward target */

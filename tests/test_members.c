@@ -555,6 +555,14 @@ static void test_update_self_and_beat(void **state) {
     km_members_update_link(m, 3, 5e9);
     s = get(m, "A");
     assert_true(s.link_rtt_ms == 3 && s.link_mbit == KM_MEMBER_LINK_MAX);
+    km_key keys[KM_MEMBER_PENDING_MAX + 2];
+    for (int k = 0; k < KM_MEMBER_PENDING_MAX + 2; k++) memset(keys[k].b, k + 1, KM_KEY_LEN);
+    km_members_update_pending(m, keys, KM_MEMBER_PENDING_MAX + 2); /* at most 8 kept */
+    s = get(m, "A");
+    assert_int_equal(s.n_pending, KM_MEMBER_PENDING_MAX);
+    assert_memory_equal(s.pending, keys, sizeof s.pending);
+    km_members_update_pending(m, keys, 0);
+    assert_int_equal(get(m, "A").n_pending, 0);
     /* km_catalog's saturated UINT64_MAX and absurd inputs are clamped to what the wire holds. */
     l.running = -3;
     km_members_update_self(m, UINT64_MAX, &l, 1.0 / 0.0);
@@ -712,6 +720,8 @@ static void assert_same_gossiped(const km_member *a, const km_member *b) {
     assert_memory_equal(&a->prefill_tok_s, &b->prefill_tok_s, sizeof(double)); /* bit for bit */
     assert_memory_equal(&a->link_rtt_ms, &b->link_rtt_ms, sizeof(double));
     assert_memory_equal(&a->link_mbit, &b->link_mbit, sizeof(double));
+    assert_int_equal(a->n_pending, b->n_pending);
+    assert_memory_equal(a->pending, b->pending, (size_t)a->n_pending * sizeof a->pending[0]);
     assert_int_equal(a->has_model, b->has_model);
     if (a->has_model) assert_memory_equal(a->model, b->model, KM_FINGERPRINT_LEN);
 }
@@ -738,6 +748,11 @@ static void test_roundtrip(void **state) {
     r[3] = rec("thirds", "x.example.org:443", 3, 3);
     r[3].prefill_tok_s = 1.0 / 3.0;
     r[3].link_mbit = 2.0 / 3.0;
+    r[3].n_pending = KM_MEMBER_PENDING_MAX;
+    for (int k = 0; k < KM_MEMBER_PENDING_MAX; k++)
+        for (int b = 0; b < KM_KEY_LEN; b++) r[3].pending[k].b[b] = (uint8_t)(k * 31 + b * 7);
+    r[4].n_pending = 1;
+    memset(r[4].pending[0].b, 0xff, KM_KEY_LEN);
     r[4] = rec("tiny", "10.1.2.3:80", 4, 4);
     r[4].prefill_tok_s = 4.9e-324; /* the smallest subnormal */
     r[5] = rec("pi", "[::1]:1", 5, 5);
@@ -764,7 +779,7 @@ static void test_roundtrip(void **state) {
     /* Integers accepted for the rate, reals written back; unknown fields ignored. */
     const char *fwd = "{\"v\":1,\"future\":{\"x\":[1,2,{}]},\"from\":\"B\",\"members\":[{\"id\":\"B\",\"addr\":\"b:1\","
                       "\"incarnation\":1,\"heartbeat\":2,\"catalog_version\":3,\"queued\":4,\"running\":5,"
-                      "\"parallel\":6,\"queue_max\":7,\"backlog_ms\":9,\"prefill_tok_s\":8,\"link_rtt_ms\":3,\"link_mbit\":20,\"zone\":\"eu\","
+                      "\"parallel\":6,\"queue_max\":7,\"backlog_ms\":9,\"prefill_tok_s\":8,\"link_rtt_ms\":3,\"link_mbit\":20,\"pending\":[],\"zone\":\"eu\","
                       "\"gpu\":null}]}";
     if (km_gossip_decode(fwd, strlen(fwd), NULL, &msg, &err) != 0) fail_msg("decode: %s", err.msg);
     assert_int_equal(msg.n, 1);
@@ -889,6 +904,21 @@ static void test_malformed(void **state) {
     expect_edit_rejected(m, "\"link_mbit\":18.25", "\"link_mbit\":2e6", "members[0].link_mbit: 2e+06 out of range 0..1e+06");
     expect_edit_rejected(m, "\"link_mbit\":18.25", "\"link_mbit\":\"fast\"", "members[0].link_mbit: expected a number, got a string");
     expect_edit_rejected(m, ",\"link_mbit\":18.25", "", "gossip: members[0]: missing \"link_mbit\"");
+    expect_edit_rejected(m, ",\"pending\":[]", "", "gossip: members[0]: missing \"pending\"");
+    expect_edit_rejected(m, "\"pending\":[]", "\"pending\":{}", "members[0].pending: expected an array, got an object");
+    expect_edit_rejected(m, "\"pending\":[]", "\"pending\":[\"00112233445566778899aabbccddeeff\",7]",
+                         "members[0].pending: [1]: expected 32 lowercase hex digits");
+    expect_edit_rejected(m, "\"pending\":[]", "\"pending\":[\"00112233445566778899AABBCCDDEEFF\"]",
+                         "members[0].pending: [0]: expected 32 lowercase hex digits");
+    expect_edit_rejected(m, "\"pending\":[]", "\"pending\":[\"00112233445566778899aabbccddee\"]",
+                         "members[0].pending: [0]: expected 32 lowercase hex digits");
+    {
+        char t[600] = "\"pending\":[";
+        for (int k = 0; k < KM_MEMBER_PENDING_MAX + 1; k++)
+            strcat(t, k ? ",\"00112233445566778899aabbccddeeff\"" : "\"00112233445566778899aabbccddeeff\"");
+        strcat(t, "]");
+        expect_edit_rejected(m, "\"pending\":[]", t, "members[0].pending: 9 keys, at most 8");
+    }
     expect_edit_rejected(m, "\"prefill_tok_s\":5.25", "\"prefill_tok_s\":-0.5", "gossip: members[0].prefill_tok_s: -0.5 out of range 0..1e+09");
     expect_edit_rejected(m, "\"prefill_tok_s\":5.25", "\"prefill_tok_s\":1e10", "prefill_tok_s: 1e+10 out of range");
     expect_edit_rejected(m, "\"prefill_tok_s\":5.25", "\"prefill_tok_s\":1e999", "gossip: invalid JSON: real number overflow");
@@ -920,8 +950,8 @@ static void test_malformed(void **state) {
     expect_edit_rejected(m, "\"model\":\"cdcd", "\"model\":\"zzcd", "members[1].model: expected 32 lowercase hex");
     expect_edit_rejected(m, "\"model\":\"cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd\"", "\"model\":null", "members[1].model: expected a string, got null");
     /* One bad record anywhere spoils the whole message: B (first, valid) is not applied either. */
-    expect_edit_rejected(m, "\"queue_max\":16,\"backlog_ms\":0,\"prefill_tok_s\":5.25,\"link_rtt_ms\":4.5,\"link_mbit\":18.25,\"model\"",
-                         "\"queue_max\":-16,\"backlog_ms\":0,\"prefill_tok_s\":5.25,\"link_rtt_ms\":4.5,\"link_mbit\":18.25,\"model\"",
+    expect_edit_rejected(m, "\"queue_max\":16,\"backlog_ms\":0,\"prefill_tok_s\":5.25,\"link_rtt_ms\":4.5,\"link_mbit\":18.25,\"pending\":[],\"model\"",
+                         "\"queue_max\":-16,\"backlog_ms\":0,\"prefill_tok_s\":5.25,\"link_rtt_ms\":4.5,\"link_mbit\":18.25,\"pending\":[],\"model\"",
                          "gossip: members[1].queue_max: -16 out of range");
     assert_int_equal(km_members_get(m, "B", NULL), 0);
 

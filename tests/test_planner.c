@@ -198,6 +198,27 @@ static void test_route_an_idle_peer_takes_work_from_a_busy_node(void **state) {
     assert_int_equal(c.path, KM_PATH_LOCAL);
 }
 
+/* A peer computing the prefix right now (announced as pending) is worth
+ * waiting for when it finishes sooner than recomputing here; the same busy
+ * peer without it is not. Nothing to fetch from it yet. */
+static void test_route_forward_to_a_peer_computing_the_prefix(void **state) {
+    (void)state;
+    km_route_local l = local_of(0, 0);
+    km_route_peer p = peer_of(0, -1, 2000); /* 2 s left of the job computing it */
+    p.pending = 590;
+    km_route_choice c = km_planner_route(&l, &p, 1);
+    assert_int_equal(c.path, KM_PATH_FORWARD);
+    assert_true(c.est_ms == 4 + 2000 + 100 + 20);
+    p.pending = 0;
+    c = km_planner_route(&l, &p, 1);
+    assert_int_equal(c.path, KM_PATH_LOCAL);
+    /* pending is no fetch: a fetchable hold is what the catalog says */
+    p.pending = 590;
+    p.fetch_ms = 1;
+    c = km_planner_route(&l, &p, 1);
+    assert_int_equal(c.path, KM_PATH_FORWARD);
+}
+
 static void test_peer_wait_from_gossiped_backlog(void **state) {
     (void)state;
     /* a free context: no wait, whatever the backlog of the other */
@@ -224,6 +245,7 @@ int main(void) {
         cmocka_unit_test(test_route_fetch_a_longer_prefix_when_the_link_is_fast),
         cmocka_unit_test(test_route_a_holder_with_a_long_backlog_loses),
         cmocka_unit_test(test_route_an_idle_peer_takes_work_from_a_busy_node),
+        cmocka_unit_test(test_route_forward_to_a_peer_computing_the_prefix),
         cmocka_unit_test(test_peer_wait_from_gossiped_backlog),
     };
     return cmocka_run_group_tests_name("planner", tests, NULL, NULL);

@@ -50,6 +50,7 @@ static void check_record(const km_member *r) {
     if (!isfinite(r->prefill_tok_s) || r->prefill_tok_s < 0 || r->prefill_tok_s > KM_MEMBER_RATE_MAX) abort();
     if (!isfinite(r->link_rtt_ms) || r->link_rtt_ms < 0 || r->link_rtt_ms > KM_MEMBER_LINK_MAX) abort();
     if (!isfinite(r->link_mbit) || r->link_mbit < 0 || r->link_mbit > KM_MEMBER_LINK_MAX) abort();
+    if (r->n_pending < 0 || r->n_pending > KM_MEMBER_PENDING_MAX) abort();
     if (r->self || r->state != KM_MEMBER_ALIVE || r->last_heard_ms != 0 || r->same_model) abort();
 }
 
@@ -59,7 +60,9 @@ static bool same_gossiped(const km_member *a, const km_member *b) {
            memcmp(&a->load, &b->load, sizeof a->load) == 0 &&
            memcmp(&a->prefill_tok_s, &b->prefill_tok_s, sizeof(double)) == 0 &&
            memcmp(&a->link_rtt_ms, &b->link_rtt_ms, sizeof(double)) == 0 &&
-           memcmp(&a->link_mbit, &b->link_mbit, sizeof(double)) == 0 && a->has_model == b->has_model &&
+           memcmp(&a->link_mbit, &b->link_mbit, sizeof(double)) == 0 && a->n_pending == b->n_pending &&
+           memcmp(a->pending, b->pending, (size_t)a->n_pending * sizeof a->pending[0]) == 0 &&
+           a->has_model == b->has_model &&
            (!a->has_model || memcmp(a->model, b->model, KM_FINGERPRINT_LEN) == 0);
 }
 
@@ -78,14 +81,14 @@ static km_members *fixture(const km_members_params *p) {
     static const char known[] =
         "{\"v\":1,\"from\":\"a\",\"members\":["
         "{\"id\":\"a\",\"addr\":\"a:1\",\"incarnation\":5,\"heartbeat\":5,\"catalog_version\":1,\"queued\":0,"
-        "\"running\":0,\"parallel\":1,\"queue_max\":4,\"backlog_ms\":0,\"prefill_tok_s\":1.5,\"link_rtt_ms\":0,\"link_mbit\":0},"
+        "\"running\":0,\"parallel\":1,\"queue_max\":4,\"backlog_ms\":0,\"prefill_tok_s\":1.5,\"link_rtt_ms\":0,\"link_mbit\":0,\"pending\":[]},"
         "{\"id\":\"b\",\"addr\":\"[::1]:2\",\"incarnation\":5,\"heartbeat\":5,\"catalog_version\":1,\"queued\":0,"
-        "\"running\":0,\"parallel\":1,\"queue_max\":4,\"backlog_ms\":0,\"prefill_tok_s\":2,\"link_rtt_ms\":2,\"link_mbit\":20}]}";
+        "\"running\":0,\"parallel\":1,\"queue_max\":4,\"backlog_ms\":0,\"prefill_tok_s\":2,\"link_rtt_ms\":2,\"link_mbit\":20,\"pending\":[\"00112233445566778899aabbccddeeff\"]}]}";
     if (km_members_merge(m, known, sizeof known - 1, 0, NULL, 0, NULL) != 2) abort();
     static const char late[] =
         "{\"v\":1,\"from\":\"c\",\"members\":["
         "{\"id\":\"c\",\"addr\":\"seed:1\",\"incarnation\":9,\"heartbeat\":1,\"catalog_version\":3,\"queued\":1,"
-        "\"running\":1,\"parallel\":2,\"queue_max\":4,\"backlog_ms\":0,\"prefill_tok_s\":0.25,\"link_rtt_ms\":0.5,\"link_mbit\":100}]}";
+        "\"running\":1,\"parallel\":2,\"queue_max\":4,\"backlog_ms\":0,\"prefill_tok_s\":0.25,\"link_rtt_ms\":0.5,\"link_mbit\":100,\"pending\":[]}]}";
     if (km_members_merge(m, late, sizeof late - 1, 8000, NULL, 0, NULL) != 1) abort();
     km_members_tick(m, 10000); /* a, b DEAD; c alive */
     return m;
@@ -202,6 +205,8 @@ static void structured(const uint8_t *data, size_t size) {
         r[i].prefill_tok_s = b[18] == 0 ? 0 : ldexp((double)b[18], b[19] % 40 - 20);
         r[i].link_rtt_ms = b[19] & 1 ? ldexp((double)b[22], b[19] % 16 - 8) : 0;
         r[i].link_mbit = b[20] & 2 ? ldexp((double)b[21], b[18] % 16 - 8) : 0;
+        r[i].n_pending = b[17] % (KM_MEMBER_PENDING_MAX + 1);
+        for (int k = 0; k < r[i].n_pending; k++) memset(r[i].pending[k].b, b[16] + k, KM_KEY_LEN);
         r[i].has_model = b[20] & 1;
         for (int k = 0; k < KM_FINGERPRINT_LEN; k++) r[i].model[k] = (uint8_t)(b[21] + k * b[22]);
     }

@@ -17,7 +17,7 @@ cflags="-std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -g -O1 -fsanitize=f
 clang $cflags "$src/tests/fuzz/fuzz_blob.c" "$src/src/blob.c" "$src/src/prefix.c" "$src/src/util.c" -lxxhash -lzstd -o "$work/fuzz_blob"
 clang $cflags "$src/tests/fuzz/fuzz_catalog.c" "$src/src/catalog.c" "$src/src/util.c" -lbloom -lxxhash -lm -o "$work/fuzz_catalog"
 clang $cflags "$src/tests/fuzz/fuzz_mmlu_csv.c" "$src/src/mmlu.c" "$src/src/util.c" -o "$work/fuzz_mmlu_csv"
-clang $cflags "$src/tests/fuzz/fuzz_gossip.c" "$src/src/members.c" "$src/src/util.c" -ljansson -lm -lpthread -o "$work/fuzz_gossip"
+clang $cflags "$src/tests/fuzz/fuzz_gossip.c" "$src/src/members.c" "$src/src/prefix.c" "$src/src/util.c" -ljansson -lxxhash -lm -lpthread -o "$work/fuzz_gossip"
 clang $cflags "$src/tests/fuzz/fuzz_peerauth.c" "$src/src/peerauth.c" "$src/src/util.c" -lsodium -lpthread -o "$work/fuzz_peerauth"
 clang $cflags "$src/tests/fuzz/fuzz_state.c" "$src/src/engine.c" "$src/src/prefix.c" "$src/src/util.c" \
     -L"$prefix/lib" -Wl,--disable-new-dtags,-rpath,"$prefix/lib" -lllama -lggml -lggml-base -lxxhash -lpthread -lm \
