@@ -940,8 +940,14 @@ int cmd_bench_mmlu(int argc, char **argv) {
         }
         fprintf(json, "\n  ]");
         double f16 = sizes[0].wire / sizes[0].tokens, q8 = sizes[1].wire / sizes[1].tokens;
-        verdict(&v, f16 <= 0.5 * PAPER_BYTES_PER_TOKEN, "f16 KV: %.0f bytes per cached token <= %.0f (50 %% of the paper's)",
-                f16, 0.5 * PAPER_BYTES_PER_TOKEN);
+        /* The paper's 34.6 KB per token is its 270M's (2.25 MB / 65 tokens):
+         * a 1B state (26 layers, not 18) is not held to it. */
+        if (cat_pf == &low)
+            verdict(&v, f16 <= 0.5 * PAPER_BYTES_PER_TOKEN,
+                    "f16 KV: %.0f bytes per cached token <= %.0f (50 %% of the paper's)", f16, 0.5 * PAPER_BYTES_PER_TOKEN);
+        else
+            printf("  [----] f16 KV: %.0f bytes per cached token; the paper's 34.6 KB is its 270M's, checked on the "
+                   "low-end profile only\n", f16);
         verdict(&v, q8 < f16, "q8_0 KV: %.0f bytes per cached token, lower than f16's %.0f", q8, f16);
     }
     fprintf(json, ",\n  \"targets\": {\"checked\": %d, \"failed\": %d}\n}\n", v.checked, v.failed);
