@@ -638,12 +638,11 @@ void km_mesh_route(km_mesh *m, const km_prompt_plan *plan, km_route *out) {
     if (n > m->p.members.max_members) n = m->p.members.max_members;
     /* what we know of every live peer that runs our model */
     km_route_peer *views = malloc((size_t)(n > 0 ? n : 1) * sizeof *views);
-    char (*ids)[KM_MEMBER_ID_MAX + 1] = malloc((size_t)(n > 0 ? n : 1) * sizeof *ids);
-    int *addr_of = malloc((size_t)(n > 0 ? n : 1) * sizeof *addr_of);
+    int *member_of = malloc((size_t)(n > 0 ? n : 1) * sizeof *member_of); /* view -> its record in snap */
     int nv = 0;
     double now = km_now_ms();
     pthread_mutex_lock(&m->lock);
-    for (int k = 0; views && ids && addr_of && k < n; k++) {
+    for (int k = 0; views && member_of && k < n; k++) {
         const km_member *mb = &snap[k];
         const peer *p = mb->self || mb->state == KM_MEMBER_DEAD ? NULL : find_peer(m, mb->id);
         if (!p) continue;
@@ -668,8 +667,7 @@ void km_mesh_route(km_mesh *m, const km_prompt_plan *plan, km_route *out) {
             }
         v->wait_ms = km_planner_peer_wait_ms(mb->load.backlog_ms, now - mb->last_heard_ms,
                                              mb->load.queued + mb->load.running + n_unseen, mb->load.parallel, unseen);
-        snprintf(ids[nv], sizeof ids[nv], "%s", p->id);
-        addr_of[nv] = k;
+        member_of[nv] = k;
         nv++;
     }
     pthread_mutex_unlock(&m->lock);
@@ -680,18 +678,17 @@ void km_mesh_route(km_mesh *m, const km_prompt_plan *plan, km_route *out) {
     if (c.path != KM_PATH_LOCAL) {
         out->peer_prefix = c.path == KM_PATH_FORWARD && views[c.peer].pending > views[c.peer].hold ? views[c.peer].pending
                                                                                                 : views[c.peer].hold;
-        snprintf(out->id, sizeof out->id, "%s", ids[c.peer]);
+        snprintf(out->id, sizeof out->id, "%s", snap[member_of[c.peer]].id);
     }
     if (c.path == KM_PATH_FETCH) out->path = "fetch";
     if (c.path == KM_PATH_FORWARD) {
         out->forward = true;
         out->path = "forward";
         out->peer_work_ms = c.peer_work_ms;
-        snprintf(out->addr, sizeof out->addr, "%s", snap[addr_of[c.peer]].addr);
+        snprintf(out->addr, sizeof out->addr, "%s", snap[member_of[c.peer]].addr);
     }
     free(views);
-    free(ids);
-    free(addr_of);
+    free(member_of);
     free(snap);
     km_counter_inc(out->forward                      ? m->route_forward
                    : strcmp(out->path, "fetch") == 0 ? m->route_fetch
