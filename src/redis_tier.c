@@ -40,6 +40,8 @@ struct km_redis {
     int port, db;
     char *user, *password;
     char ns[48]; /* "kvmesh:v1:<fingerprint hex>:" (43 chars) */
+    km_blob_key key; /* store key (has_key) */
+    bool has_key;
 
     pthread_mutex_t req_lock; /* request path: req connection */
     conn req;
@@ -255,6 +257,13 @@ static double compress_job(km_redis *r, job *j) {
     return km_now_ms() - t0;
 }
 
+/* MAC a job's state blob with the store key, after compression (which would
+ * drop it). A value that is not a blob goes as given: readers reject it. */
+static void authenticate_job(km_redis *r, job *j) {
+    km_error e;
+    if (km_blob_authenticate(j->data, j->len, &r->key, &e) != 0) km_debug("Redis upload sent unauthenticated: %s", e.msg);
+}
+
 static void *writer_main(void *arg) {
     km_redis *r = arg;
     pthread_mutex_lock(&r->q_lock);
@@ -274,6 +283,7 @@ static void *writer_main(void *arg) {
         redisContext *c = ensure(r, &r->wr);
         /* only when connected: no CPU spent on jobs that wait for the tier */
         double ct = c && r->p.compress_level != 0 ? compress_job(r, j) : 0;
+        if (c && r->has_key) authenticate_job(r, j);
         bool sent = false;
         char key[128];
         km_redis_state_key(r, j->key, key, sizeof key);
@@ -533,6 +543,18 @@ km_redis *km_redis_open(const km_redis_params *p, const uint8_t fingerprint[KM_F
     }
     r->url = strdup(p->url);
     r->p.url = r->url;
+    r->p.secret = NULL; /* the caller's copy: only the derived key is kept */
+    if (p->secret) {
+        if (km_blob_key_derive(&r->key, p->secret, p->secret_len, "store") != 0) {
+            km_error_set(err, "libsodium failed to derive the store key");
+            free(r->user);
+            free(r->password);
+            free(r->url);
+            free(r);
+            return NULL;
+        }
+        r->has_key = true;
+    }
     km_key fk;
     memcpy(fk.b, fingerprint, KM_FINGERPRINT_LEN);
     char hex[2 * KM_KEY_LEN + 1];
@@ -719,6 +741,14 @@ int km_redis_del(km_redis *r, km_key key, km_error *err) {
         pthread_mutex_unlock(&r->q_lock);
     }
     return rc;
+}
+
+const km_blob_key *km_redis_key(const km_redis *r) { return r->has_key ? &r->key : NULL; }
+
+void km_redis_log_trust(const km_redis *r) {
+    if (r->has_key) km_info("shared tier redis://%s:%d: states authenticated with the store secret", r->host, r->port);
+    else km_warn("shared tier redis://%s:%d is trusted as is: no --store-secret-file (anyone who can write to it "
+                 "can change answers; see docs/security.md)", r->host, r->port);
 }
 
 km_redis_stats km_redis_get_stats(km_redis *r) {

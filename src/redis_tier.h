@@ -19,6 +19,14 @@
  * fall back to the local tiers and recompute. Fetched blobs are untrusted: the
  * caller validates them exactly like local ones (and deletes bad ones).
  *
+ * Store secret: with one (params.secret), the writer authenticates every
+ * state blob it uploads, after compressing it, with the store key derived
+ * from it (km_blob_key_derive "store"), and km_redis_key gives the caller
+ * that key to verify what it fetches: a blob anyone else wrote into Redis is
+ * "unauthenticated". Without one, the tier is trusted as is (said once at
+ * open): its states are used after validation, their next-token hints only
+ * after the node computed the same token (km_redis_log_trust says which).
+ *
  * Catalog: so that a device never asks Redis about states nobody has, every
  * client keeps a local Bloom-filter copy of what the tier holds
  * (km_redis_maybe_has) and a background thread keeps it in sync:
@@ -41,6 +49,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "blob.h"
 #include "catalog.h"
 #include "link.h"
 #include "prefix.h"
@@ -61,6 +70,8 @@ typedef struct km_redis_params {
     int rebuild_period_ms;     /* rebuild the master from the keys present (default 0 = never) */
     km_link *link;             /* emulated link for every call (NULL: none; caller owns it) */
     int compress_level;        /* zstd level of uploaded state blobs (default 1; 0 = send as queued) */
+    const uint8_t *secret;     /* store secret (km_peerauth_load_secret; NULL: the tier is trusted as is) */
+    size_t secret_len;
 } km_redis_params;
 
 typedef struct km_redis_stats {
@@ -105,6 +116,13 @@ int km_redis_del(km_redis *r, km_key key, km_error *err);
 int km_redis_flush(km_redis *r, int deadline_ms);
 
 km_redis_stats km_redis_get_stats(km_redis *r);
+
+/* The key that authenticates this tier's states (see Store secret), or NULL
+ * when the tier is trusted as is. */
+const km_blob_key *km_redis_key(const km_redis *r);
+/* Say how far the tier's states are trusted (once, at the start of a program
+ * that reads states from it). */
+void km_redis_log_trust(const km_redis *r);
 
 /* Whether the tier may hold key (local catalog copy; no network). */
 bool km_redis_maybe_has(km_redis *r, km_key key);

@@ -9,6 +9,15 @@
  * never waits for the disk (it sits on the prefill path). km_store_flush waits
  * until every queued write is on disk; km_store_close flushes.
  *
+ * Origin: every entry records whether its bytes are trusted -- put by this
+ * process as its own (km_store_put) rather than as foreign bytes
+ * (km_store_put_untrusted, e.g. a state fetched from a tier trusted as is) --
+ * and km_store_get_origin reports it. A file found on disk when the store
+ * opened was left by an earlier process (or put there by someone else): not
+ * trusted. Neither is a file this process wrote that changed since (another
+ * inode, ctime or size than right after the write; best effort: the cache
+ * directory must still be writable by the node's user only).
+ *
  * The store holds opaque bytes: it does not validate blobs (the caller
  * validates what it gets, and calls km_store_remove for a bad one). The one
  * exception is write-behind compression: the disk writer stores what parses as
@@ -55,9 +64,15 @@ void km_store_close(km_store *s);
  * max_blob_size or when out of memory. */
 int km_store_put(km_store *s, km_key key, const uint8_t *blob, size_t len, km_error *err);
 
+/* km_store_put for bytes this process did not make and could not
+ * authenticate: km_store_get_origin reports them as not trusted. */
+int km_store_put_untrusted(km_store *s, km_key key, const uint8_t *blob, size_t len, km_error *err);
+
 /* Fetch a copy (malloc'd; caller frees). RAM first, then disk (promoted to RAM).
  * Returns 0 on hit, 1 on miss, -1 on a read error (err set). */
 int km_store_get(km_store *s, km_key key, uint8_t **blob, size_t *len, km_error *err);
+/* km_store_get, and *trusted: the bytes are this process's own (see Origin). */
+int km_store_get_origin(km_store *s, km_key key, uint8_t **blob, size_t *len, bool *trusted, km_error *err);
 
 /* Whether the key is present in either tier (no I/O beyond an in-memory index). */
 bool km_store_contains(km_store *s, km_key key);

@@ -29,7 +29,8 @@ static void node_usage(FILE *f) {
             "      --advertise H:P     the address peers reach this node at (default: --listen's,\n"
             "                          with the port actually bound)\n"
             "      --mesh-secret-file F  shared secret of the mesh (>= 16 bytes, mode 600): peer calls\n"
-            "                          are authenticated with it (HMAC, replay window)\n"
+            "                          are authenticated with it (HMAC, replay window), and so are\n"
+            "                          the states peers send (without it they are trusted as is)\n"
             "      --gossip-ms MS      gossip period (default 1000)\n"
             "      --route MODE        planner (default: fastest estimated path), fetch (always fetch\n"
             "                          a peer's prefix), forward (to the peer with the longest prefix),\n"
@@ -45,6 +46,9 @@ static void node_usage(FILE *f) {
             "      --cache-dir DIR     disk tier of the state cache (default: none, RAM only)\n"
             "      --ram-budget MB     RAM tier size (default 256)\n"
             "      --store URL         shared tier: redis://[user:password@]host:port[/db]\n"
+            "      --store-secret-file F  secret of the shared tier (same file rules as the mesh's):\n"
+            "                          states uploaded are MAC'd with it, states fetched must be\n"
+            "                          (without it the tier is trusted as is; see docs/security.md)\n"
             "      --link SPEC         emulate the link to remote tiers, e.g. bw=20mbit,rtt=5ms\n"
             "      --slowdown K        emulate a K times slower device (time dilation of compute)\n"
             "      --block N           cache every N tokens of prompts without segments (default 256)\n"
@@ -73,12 +77,12 @@ static char *read_key_file(const char *path, km_error *err) {
 int cmd_node(int argc, char **argv) {
     km_node_params np = km_node_default_params();
     km_api_params ap = km_api_default_params();
-    const char *key_file = NULL, *port_file = NULL, *secret_file = NULL, *advertise = NULL;
+    const char *key_file = NULL, *port_file = NULL, *secret_file = NULL, *advertise = NULL, *store_secret_file = NULL;
     km_mesh_params mp = km_mesh_default_params();
     int insecure = 0;
     double ram_mb = 256;
     enum { O_KEY = 1000, O_INSECURE, O_PAR, O_QUEUE, O_CTX, O_KV, O_CACHE, O_RAM, O_STORE, O_LINK, O_SLOW, O_BLOCK,
-           O_SALT, O_MAXBODY, O_PORTFILE, O_PEERS, O_ADVERTISE, O_SECRET, O_GOSSIP, O_ROUTE };
+           O_SALT, O_MAXBODY, O_PORTFILE, O_PEERS, O_ADVERTISE, O_SECRET, O_GOSSIP, O_ROUTE, O_STORE_SECRET };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},          {"listen", required_argument, 0, 'l'},
         {"api-key-file", required_argument, 0, O_KEY}, {"insecure", no_argument, 0, O_INSECURE},
@@ -91,7 +95,7 @@ int cmd_node(int argc, char **argv) {
         {"max-body", required_argument, 0, O_MAXBODY}, {"port-file", required_argument, 0, O_PORTFILE},
         {"peers", required_argument, 0, O_PEERS},      {"advertise", required_argument, 0, O_ADVERTISE},
         {"mesh-secret-file", required_argument, 0, O_SECRET}, {"gossip-ms", required_argument, 0, O_GOSSIP},
-        {"route", required_argument, 0, O_ROUTE},
+        {"route", required_argument, 0, O_ROUTE},      {"store-secret-file", required_argument, 0, O_STORE_SECRET},
         {"verbose", no_argument, 0, 'v'},              {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0}};
     int ch;
@@ -124,6 +128,7 @@ int cmd_node(int argc, char **argv) {
         case O_PEERS: mp.seeds = optarg; break;
         case O_ADVERTISE: advertise = optarg; break;
         case O_SECRET: secret_file = optarg; break;
+        case O_STORE_SECRET: store_secret_file = optarg; break;
         case O_GOSSIP: mp.gossip_ms = atoi(optarg); break;
         case O_ROUTE:
             if (km_route_mode_parse(optarg, &np.route) != 0) {
@@ -147,6 +152,10 @@ int cmd_node(int argc, char **argv) {
     if (np.n_parallel < 1 || np.queue_max < 0 || np.ctx.n_threads < 1 || np.ctx.n_ctx < 16 || np.block_size < 0 ||
         !(ram_mb >= 0) || !(np.ctx.slowdown >= 1.0) || ap.max_body < 1024 || mp.gossip_ms < 10) {
         fprintf(stderr, "kvmesh node: a numeric option is out of range (see --help)\n");
+        return 2;
+    }
+    if (store_secret_file && !np.store_url) {
+        fprintf(stderr, "kvmesh node: --store-secret-file needs --store\n");
         return 2;
     }
     np.store.ram_budget = (size_t)(ram_mb * 1024 * 1024);
@@ -176,6 +185,17 @@ int cmd_node(int argc, char **argv) {
         km_peerauth_secret_free(secret, secret_len);
         return 2;
     }
+    uint8_t *store_secret = NULL;
+    size_t store_secret_len = 0;
+    if (store_secret_file &&
+        km_peerauth_load_secret(store_secret_file, &store_secret, &store_secret_len, &err) != 0) {
+        fprintf(stderr, "kvmesh node: --store-secret-file: %s\n", err.msg);
+        free(key);
+        km_peerauth_secret_free(secret, secret_len);
+        return 2;
+    }
+    np.store_secret = store_secret;
+    np.store_secret_len = store_secret_len;
     ap.api_key = key;
     mp.secret = secret;
     mp.secret_len = secret_len;
@@ -193,6 +213,7 @@ int cmd_node(int argc, char **argv) {
     km_engine_init();
     km_metrics *metrics = km_metrics_new();
     km_node *node = km_node_start(&np, metrics, &err);
+    km_peerauth_secret_free(store_secret, store_secret_len); /* the Redis tier keeps its derived key */
     if (!node) {
         fprintf(stderr, "kvmesh node: %s\n", err.msg);
         km_metrics_free(metrics);
