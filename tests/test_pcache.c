@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "blob.h"
 #include "engine.h"
@@ -342,6 +343,145 @@ static void test_hint_not_used_for_other_last_token_or_sampling(void **state) {
     teardown_fixture(&f);
 }
 
+/* A token other than t that is not end-of-generation. */
+static int32_t other_token(fixture *f, int32_t t) {
+    int32_t w = t == 100 ? 101 : 100;
+    while (km_token_is_eog(f->m, w)) w++;
+    return w;
+}
+
+/* Rewrite the next-token hint of a sealed blob and recompute its checksum, as
+ * anyone with write access can (no MAC involved). */
+static void patch_hint(uint8_t *b, size_t len, void *ud) {
+    km_blob_info info;
+    assert_int_equal(km_blob_parse(b, len, SIZE_MAX, &info, NULL), 0);
+    assert_true(info.has_next);
+    km_put_u32(b + 68, (uint32_t)*(int32_t *)ud);
+    km_blob_seal(b, len);
+}
+
+static void patch_file_hint(const char *dir, km_key key, int32_t hint) {
+    char hex[2 * KM_KEY_LEN + 1], path[4200];
+    km_key_hex(key, hex);
+    snprintf(path, sizeof path, "%s/%s.kvb", dir, hex);
+    uint8_t *b;
+    size_t len;
+    km_error err;
+    assert_int_equal(km_read_file(path, (size_t)1 << 30, &b, &len, &err), 0);
+    patch_hint(b, len, &hint);
+    assert_int_equal(km_write_file_atomic(path, b, len, &err), 0);
+    free(b);
+}
+
+/* The issue's local case: a state with a rewritten hint, resealed, left in
+ * the cache dir (by "an earlier process"). The new process does not answer
+ * with it: it decodes the last token, emits the computed one, and the
+ * disagreement removes the blob (disk file included) and is counted. A
+ * correct hint from disk is not used either (one decode), and stays. */
+static void test_hint_from_earlier_process_is_checked(void **state) {
+    (void)state;
+    char *dir = tu_tmpdir();
+    fixture f;
+    setup_fixture(&f, tu_model("tiny-f16.gguf"));
+    km_error err;
+    km_store_params sp = km_store_default_params();
+    sp.disk_dir = dir;
+    km_key keys[8];
+    km_keys_for_boundaries(km_ctx_root_key(f.c, NULL), f.toks, f.bounds, f.nb, keys);
+    int32_t cold[4], out[4];
+    km_result res;
+    assert_int_equal(run_greedy(&f, NULL, hint_segs, 3, 4, cold, &res), 4);
+    km_store *st = km_store_open(&sp, &err);
+    assert_int_equal(run_greedy(&f, st, hint_segs, 3, 1, out, &res), 1); /* miss: stores 3 states */
+    km_store_close(st);
+    int32_t wrong = other_token(&f, cold[0]);
+    patch_file_hint(dir, keys[2], wrong);
+
+    st = km_store_open(&sp, &err); /* a new process */
+    assert_int_equal(run_greedy(&f, st, hint_segs, 3, 1, out, &res), 1);
+    assert_int_equal(out[0], cold[0]);
+    assert_int_equal(res.prefill.hit_index, 2);
+    assert_int_equal(res.prefill.hit_tier, KM_TIER_LOCAL);
+    assert_false(res.prefill.hit_trusted);
+    assert_int_equal(res.prefill.next_hint, -1);
+    assert_int_equal(res.prefill.n_prefilled, 1);
+    assert_int_equal(res.prefill.n_hint_mismatches, 1);
+    assert_false(km_store_contains(st, keys[2]));
+    char hex[2 * KM_KEY_LEN + 1], path[4200];
+    km_key_hex(keys[2], hex);
+    snprintf(path, sizeof path, "%s/%s.kvb", dir, hex);
+    assert_int_not_equal(access(path, F_OK), 0);
+    /* every later request: right too (recomputed from boundary 1 and stored
+     * afresh, this process's own: its hint answers at once) */
+    assert_int_equal(run_greedy(&f, st, hint_segs, 3, 1, out, &res), 1);
+    assert_int_equal(out[0], cold[0]);
+    assert_int_equal(res.prefill.hit_index, 1);
+    assert_int_equal(run_greedy(&f, st, hint_segs, 3, 4, out, &res), 4);
+    assert_memory_equal(out, cold, sizeof cold);
+    assert_int_equal(res.prefill.next_hint, cold[0]);
+    assert_true(res.prefill.hit_trusted);
+    km_store_close(st);
+
+    /* restarted again: the (correct) hint on disk is checked, not used */
+    st = km_store_open(&sp, &err);
+    assert_int_equal(run_greedy(&f, st, hint_segs, 3, 4, out, &res), 4);
+    assert_memory_equal(out, cold, sizeof cold);
+    assert_int_equal(res.prefill.hit_index, 2);
+    assert_int_equal(res.prefill.next_hint, -1);
+    assert_int_equal(res.prefill.n_hint_mismatches, 0);
+    assert_true(km_store_contains(st, keys[2]));
+    km_store_close(st);
+    teardown_fixture(&f);
+    tu_rmtree(dir);
+    free(dir);
+}
+
+/* Hints within one process: bytes put as untrusted (a state fetched from a
+ * tier trusted as is) are checked like those on disk; a wrong hint in bytes
+ * the process put as its own is believed for the first token -- the limit of
+ * "trusted" -- but the computation after it catches it and removes the
+ * state. max_tokens 0 never emits the hint. */
+static void test_hint_trust_in_process(void **state) {
+    (void)state;
+    fixture f;
+    setup_fixture(&f, tu_model("tiny-f16.gguf"));
+    km_error err;
+    km_store_params sp = km_store_default_params();
+    km_store *st = km_store_open(&sp, &err);
+    km_key keys[8];
+    km_keys_for_boundaries(km_ctx_root_key(f.c, NULL), f.toks, f.bounds, f.nb, keys);
+    int32_t cold[6], out[6];
+    km_result res;
+    assert_int_equal(run_greedy(&f, st, hint_segs, 3, 6, cold, &res), 6);
+    int32_t wrong = other_token(&f, cold[0]);
+    uint8_t *blob;
+    size_t len;
+    assert_int_equal(km_store_get(st, keys[2], &blob, &len, &err), 0);
+    patch_hint(blob, len, &wrong);
+    assert_int_equal(km_store_put_untrusted(st, keys[2], blob, len, &err), 0);
+    assert_int_equal(run_greedy(&f, st, hint_segs, 3, 1, out, &res), 1);
+    assert_int_equal(out[0], cold[0]);
+    assert_int_equal(res.prefill.n_hint_mismatches, 1);
+    assert_false(km_store_contains(st, keys[2]));
+    /* the same bytes as the process's own: the hint is the first token... */
+    assert_int_equal(km_store_put(st, keys[2], blob, len, &err), 0);
+    assert_int_equal(run_greedy(&f, st, hint_segs, 3, 6, out, &res), 6);
+    assert_int_equal(out[0], wrong);
+    assert_int_equal(res.prefill.next_hint, wrong);
+    /* ... until the next step computes another one: an error, state removed */
+    assert_int_equal(res.prefill.n_hint_mismatches, 1);
+    assert_false(km_store_contains(st, keys[2]));
+    free(blob);
+    /* max_tokens 0: nothing generated, hit or miss, and no hint */
+    assert_int_equal(run_greedy(&f, st, hint_segs, 3, 1, out, &res), 1); /* stores the end again */
+    assert_int_equal(run_greedy(&f, st, hint_segs, 3, 0, out, &res), 0);
+    assert_int_equal(res.prefill.hit_index, 2);
+    assert_int_equal(res.prefill.next_hint, -1);
+    assert_int_equal(res.prefill.n_prefilled, 1);
+    km_store_close(st);
+    teardown_fixture(&f);
+}
+
 int main(void) {
     km_log_level = -1; /* the rejections warn by design */
     km_engine_init();
@@ -355,6 +495,8 @@ int main(void) {
         cmocka_unit_test(test_disk_persistence_across_restart),
         cmocka_unit_test(test_full_hit_first_token_from_cache),
         cmocka_unit_test(test_hint_not_used_for_other_last_token_or_sampling),
+        cmocka_unit_test(test_hint_from_earlier_process_is_checked),
+        cmocka_unit_test(test_hint_trust_in_process),
     };
     return cmocka_run_group_tests_name("pcache", tests, NULL, NULL);
 }
