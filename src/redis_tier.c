@@ -746,7 +746,7 @@ int km_redis_del(km_redis *r, km_key key, km_error *err) {
 const km_blob_key *km_redis_key(const km_redis *r) { return r->has_key ? &r->key : NULL; }
 
 void km_redis_log_trust(const km_redis *r) {
-    if (r->has_key) km_info("shared tier redis://%s:%d: states authenticated with the store secret", r->host, r->port);
+    if (r->has_key) km_debug("shared tier redis://%s:%d: states authenticated with the store secret", r->host, r->port);
     else km_warn("shared tier redis://%s:%d is trusted as is: no --store-secret-file (anyone who can write to it "
                  "can change answers; see docs/security.md)", r->host, r->port);
 }

@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 
 #include "testutil.h"
@@ -74,9 +75,10 @@ static void test_run_twice_reuses(void **state) {
     memcpy(first_text, out_buf, sizeof out_buf);
     *strstr(first_text, "kvmesh: ttft") = 0;
     assert_int_equal(kvmesh(args), 0);
-    /* a full hit on a greedy request: the first token comes with the state */
-    assert_out_has("(boundary 3/3, first token cached)");
-    assert_out_has("prefilled 0 tok");
+    /* a full hit on a greedy request; the states are files of an earlier
+     * process, so their first-token hint is checked (one decode), not used */
+    assert_out_has("(boundary 3/3)");
+    assert_out_has("prefilled 1 tok");
     assert_out_has("stored 0 states");
     /* same text: greedy output is identical */
     if (strncmp(out_buf, first_text, strlen(first_text)) != 0) fail_msg("text differs:\n%s\nvs\n%s", first_text, out_buf);
@@ -94,7 +96,8 @@ static void test_run_twice_reuses(void **state) {
     assert_int_equal(n_files, 3);
     snprintf(args, sizeof args, "inspect %s", blob);
     assert_int_equal(kvmesh(args), 0);
-    assert_out_has("format version 2, checksum ok");
+    assert_out_has("format version 3, checksum ok");
+    assert_out_has("mac:         none (a local state)");
     assert_out_has("K f16, V f16");
     assert_out_has("payload:     zstd after a 2-byte shuffle"); /* the disk tier compresses f16 states */
     /* corrupt it: inspect says so */
@@ -145,7 +148,7 @@ static void test_presets_load_and_run(void **state) {
         memcpy(cold_text, out_buf, sizeof out_buf);
         *strstr(cold_text, "kvmesh: ttft") = 0;
         assert_int_equal(kvmesh(args), 0);
-        assert_out_has("(boundary 3/3, first token cached)");
+        assert_out_has("(boundary 3/3)");
         if (strncmp(out_buf, cold_text, strlen(cold_text)) != 0) fail_msg("text differs:\n%s\nvs\n%s", cold_text, out_buf);
         remove(model);
     }
@@ -163,23 +166,48 @@ static void test_run_with_shared_store(void **state) {
         skip();
     }
     char *dir = tu_tmpdir();
-    char args[9000];
+    char args[9000], secret[4200];
+    snprintf(secret, sizeof secret, "%s/store.secret", dir);
+    FILE *sf = fopen(secret, "w");
+    fputs("a store secret of enough length\n", sf);
+    fclose(sf);
+    chmod(secret, 0600);
     const char *prompt = "--segment-sep '. ' --prompt 'Trains are fast. Planes are faster. Which is slower?'";
-    snprintf(args, sizeof args, "run --model '%s' --cache-dir %s/a --store redis://127.0.0.1:%d -n 6 %s",
-             tu_model("tiny-f16.gguf"), dir, port, prompt);
+    snprintf(args, sizeof args, "run --model '%s' --cache-dir %s/a --store redis://127.0.0.1:%d --store-secret-file %s "
+             "-n 6 %s", tu_model("tiny-f16.gguf"), dir, port, secret, prompt);
     assert_int_equal(kvmesh(args), 0);
     assert_out_has("(miss)");
     assert_out_has("uploaded 3 state(s)");
     static char text_a[sizeof out_buf];
     memcpy(text_a, out_buf, sizeof out_buf);
     *strstr(text_a, "kvmesh: ttft") = 0;
-    snprintf(args, sizeof args, "run --model '%s' --cache-dir %s/b --store redis://127.0.0.1:%d -n 6 %s",
-             tu_model("tiny-f16.gguf"), dir, port, prompt);
+    snprintf(args, sizeof args, "run --model '%s' --cache-dir %s/b --store redis://127.0.0.1:%d --store-secret-file %s "
+             "-n 6 %s", tu_model("tiny-f16.gguf"), dir, port, secret, prompt);
     assert_int_equal(kvmesh(args), 0);
+    /* authenticated with the store secret: the first token comes with the state */
     assert_out_has("(boundary 3/3, first token cached)");
     assert_out_has("from redis");
     assert_out_has("1 GET(s)");
     if (strncmp(out_buf, text_a, strlen(text_a)) != 0) fail_msg("text differs:\n%s\nvs\n%s", text_a, out_buf);
+    /* without it the tier is trusted as is (said at start): the hint is checked */
+    snprintf(args, sizeof args, "run --model '%s' --cache-dir %s/c --store redis://127.0.0.1:%d -n 6 %s",
+             tu_model("tiny-f16.gguf"), dir, port, prompt);
+    assert_int_equal(kvmesh(args), 0);
+    assert_out_has("is trusted as is: no --store-secret-file");
+    assert_out_has("(boundary 3/3)");
+    assert_out_has("prefilled 1 tok");
+    assert_out_has("from redis");
+    assert_out_has(text_a); /* after the warning */
+    /* a secret file others may read is refused, and a secret needs a store */
+    chmod(secret, 0644);
+    snprintf(args, sizeof args, "run --model '%s' --cache-dir %s/d --store redis://127.0.0.1:%d --store-secret-file %s -n 1 %s",
+             tu_model("tiny-f16.gguf"), dir, port, secret, prompt);
+    assert_int_equal(kvmesh(args), 1);
+    assert_out_has("--store-secret-file");
+    snprintf(args, sizeof args, "run --model '%s' --no-cache --store-secret-file %s -n 1 %s", tu_model("tiny-f16.gguf"),
+             secret, prompt);
+    assert_int_equal(kvmesh(args), 2);
+    assert_out_has("--store-secret-file needs --store");
     snprintf(args, sizeof args, "catalog rebuild --store redis://127.0.0.1:%d --model '%s'", port, tu_model("tiny-f16.gguf"));
     assert_int_equal(kvmesh(args), 0);
     assert_out_has("from 3 state(s)");
