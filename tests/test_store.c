@@ -1012,6 +1012,66 @@ static void test_keys_and_changes(void **state) {
     km_store_close(s);
 }
 
+/* Whether a get reports the bytes of k as this process's own (see Origin). */
+static bool get_trusted(km_store *s, km_key k) {
+    uint8_t *b;
+    size_t n;
+    bool trusted = true;
+    km_error err = {{0}};
+    if (km_store_get_origin(s, k, &b, &n, &trusted, &err) != 0) fail_msg("get: %s", err.msg);
+    free(b);
+    return trusted;
+}
+
+/* Origin: put vs put_untrusted, in RAM and on disk; a file this process
+ * wrote stops being its own once replaced or changed; a new process trusts
+ * none of the files it finds. */
+static void test_origin(void **state) {
+    const char *dir = *state;
+    km_key own = mkkey(1, 1), foreign = mkkey(2, 2), replaced = mkkey(3, 3), changed = mkkey(4, 4);
+    uint8_t *f = make_blob(foreign, 300);
+    km_store *s = open_store(1 << 20, NULL, 0);
+    put_blob(s, own, 300);
+    assert_int_equal(km_store_put_untrusted(s, foreign, f, 300, NULL), 0);
+    assert_true(get_trusted(s, own));
+    assert_false(get_trusted(s, foreign));
+    km_store_close(s);
+
+    s = open_store(0, dir, 0); /* disk only: every get reads the file */
+    put_blob(s, own, 300);
+    assert_int_equal(km_store_put_untrusted(s, foreign, f, 300, NULL), 0);
+    put_blob(s, replaced, 300);
+    put_blob(s, changed, 300);
+    km_store_flush(s);
+    assert_true(get_trusted(s, own));
+    assert_false(get_trusted(s, foreign));
+    assert_true(get_trusted(s, replaced));
+    /* another file under its name (same size): not ours any more */
+    uint8_t *r = make_blob(replaced, 300);
+    r[10] ^= 1;
+    write_file(dir_file(dir, "x.tmp"), r, 300);
+    assert_int_equal(rename(dir_file(dir, "x.tmp"), key_file(dir, replaced)), 0);
+    assert_false(get_trusted(s, replaced));
+    /* changed in place, later (a new ctime) */
+    usleep(20000);
+    FILE *fp = fopen(key_file(dir, changed), "r+b");
+    assert_non_null(fp);
+    fputc(0x55, fp);
+    fclose(fp);
+    assert_false(get_trusted(s, changed));
+    assert_true(get_trusted(s, own));
+    km_store_close(s);
+
+    s = open_store(1 << 20, dir, 0); /* a new process: files of an earlier one */
+    assert_false(get_trusted(s, own));
+    assert_false(get_trusted(s, own)); /* also once promoted to RAM */
+    put_blob(s, own, 300);             /* put again: its own */
+    assert_true(get_trusted(s, own));
+    km_store_close(s);
+    free(r);
+    free(f);
+}
+
 int main(void) {
     km_log_level = 0;
     const struct CMUnitTest tests[] = {
@@ -1031,6 +1091,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_disk_compression, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_disk_budget_compressed, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_keys_and_changes, setup_dir, teardown_dir),
+        cmocka_unit_test_setup_teardown(test_origin, setup_dir, teardown_dir),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
