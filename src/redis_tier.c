@@ -168,7 +168,10 @@ static redisContext *connect_redis(km_redis *r, km_error *err) {
     return c;
 }
 
-static void mark_down(km_redis *r, conn *cn, const char *why) {
+static void mark_down(km_redis *r, conn *cn, const char *why_in) {
+    /* why_in is often the errstr of cn->ctx, which is freed just below */
+    char why[256];
+    snprintf(why, sizeof why, "%s", why_in && *why_in ? why_in : "connection lost");
     if (cn->ctx) {
         redisFree(cn->ctx);
         cn->ctx = NULL;

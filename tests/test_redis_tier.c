@@ -232,6 +232,37 @@ static void test_killed_and_restarted(void **state) {
     tu_redis_stop(pid, 0);
 }
 
+/* The down warning names the cause: a connection that breaks mid-command
+ * reports hiredis's reason (it used to read it from the freed context and
+ * print "unavailable (cache reads: )" or garbage). */
+static void test_down_warning_has_reason(void **state) {
+    (void)state;
+    int port = tu_free_port();
+    int pid = tu_redis_start(port, NULL);
+    skip_without_redis(pid);
+    km_redis *r = open_tier(port, NULL, 0, 0);
+    km_error err;
+    uint8_t *got;
+    size_t len;
+    assert_int_equal(km_redis_get(r, key_n(4), &got, &len, &err), 1); /* connected */
+    tu_redis_stop(pid, 1);
+    int level = km_log_level;
+    km_log_level = 0;
+    tu_stderr_begin();
+    assert_int_equal(km_redis_get(r, key_n(4), &got, &len, &err), -1);
+    char *log = tu_stderr_end();
+    km_log_level = level;
+    const char *why = strstr(err.msg, "failed: "); /* "Redis GET failed: <hiredis's reason>" */
+    assert_non_null(why);
+    why += strlen("failed: ");
+    assert_true(strlen(why) > 3);
+    char expect[600];
+    snprintf(expect, sizeof expect, "unavailable (cache reads: %s);", why);
+    if (!strstr(log, expect)) fail_msg("warning without its reason: '%s' (expected '%s')", log, expect);
+    free(log);
+    km_redis_close(r, 100);
+}
+
 /* A server that accepts and never answers: every call is bounded by io_timeout. */
 static void test_silent_server_times_out(void **state) {
     (void)state;
@@ -479,6 +510,7 @@ int main(void) {
         cmocka_unit_test(test_auth),
         cmocka_unit_test(test_absent_then_back),
         cmocka_unit_test(test_killed_and_restarted),
+        cmocka_unit_test(test_down_warning_has_reason),
         cmocka_unit_test(test_silent_server_times_out),
         cmocka_unit_test(test_queue_budget),
         cmocka_unit_test(test_catalog_sync_and_rebuild),
