@@ -31,10 +31,12 @@
 #include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "blob.h"
@@ -522,16 +524,30 @@ static bool parse_entry_name(const char *name, km_key *k) {
     return km_key_from_hex(hex, k) == 0;
 }
 
-/* "<32 hex>.kvb.<pid>.tmp": what km_write_file_atomic leaves behind when the
- * process dies mid-write. Other *.tmp files are not ours and stay. */
-static bool is_temp_name(const char *name) {
+/* "<32 hex>.kvb.<pid>.tmp": the temp file of km_write_file_atomic, written by
+ * process pid. Other *.tmp files are not ours and stay. */
+static bool parse_temp_name(const char *name, long *pid) {
     size_t n = strlen(name), pre = HEX_LEN + strlen(KVB_SUFFIX ".");
-    if (n <= pre + strlen(".tmp") || !is_lower_hex(name, HEX_LEN)) return false;
+    if (n <= pre + strlen(".tmp") || n - pre - strlen(".tmp") > 9 || !is_lower_hex(name, HEX_LEN)) return false;
     if (strncmp(name + HEX_LEN, KVB_SUFFIX ".", strlen(KVB_SUFFIX ".")) != 0) return false;
     if (strcmp(name + n - 4, ".tmp") != 0) return false;
-    for (size_t i = pre; i < n - 4; i++)
+    *pid = 0;
+    for (size_t i = pre; i < n - 4; i++) {
         if (name[i] < '0' || name[i] > '9') return false;
-    return true;
+        *pid = *pid * 10 + (name[i] - '0');
+    }
+    return *pid > 0;
+}
+
+/* Whether a temp file is a leftover of a dead writer. Another process may be
+ * writing it right now (two `kvmesh run` sharing the default directory), so
+ * it goes only when its writer is gone, or when it was not written to for
+ * TEMP_STALE_S (its pid then belongs to some other process by now). */
+#define TEMP_STALE_S 3600
+static bool temp_is_orphan(int dfd, const char *name, long pid) {
+    if (kill((pid_t)pid, 0) != 0 && errno == ESRCH) return true;
+    struct stat st;
+    return fstatat(dfd, name, &st, 0) == 0 && time(NULL) - st.st_mtime > TEMP_STALE_S;
 }
 
 typedef struct scanned {
@@ -557,8 +573,9 @@ static int disk_scan(km_store *s, km_error *err) {
     while ((e = readdir(d)) != NULL) {
         km_key k;
         struct stat st;
-        if (is_temp_name(e->d_name)) {
-            if (unlinkat(dirfd(d), e->d_name, 0) == 0) temps++;
+        long pid;
+        if (parse_temp_name(e->d_name, &pid)) {
+            if (temp_is_orphan(dirfd(d), e->d_name, pid) && unlinkat(dirfd(d), e->d_name, 0) == 0) temps++;
             continue;
         }
         if (!parse_entry_name(e->d_name, &k)) continue;
@@ -585,7 +602,7 @@ static int disk_scan(km_store *s, km_error *err) {
         n++;
     }
     closedir(d);
-    if (temps) km_info("store: %s: removed %zu unfinished write(s) of an earlier run", s->dir, temps);
+    if (temps) km_info("store: %s: removed %zu unfinished write(s) of writers that are gone", s->dir, temps);
 
     if (n) qsort(f, n, sizeof *f, cmp_mtime); /* oldest first, so the newest ends up at the head */
     for (size_t i = 0; i < n; i++) {

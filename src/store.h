@@ -3,7 +3,10 @@
  * RAM tier: an LRU under a byte budget. Disk tier (optional): one file per key,
  * <dir>/<key hex>.kvb, survives restarts. Disk writes are crash-safe (temp file,
  * fsync, rename, directory fsync): a half-written entry is never served, and
- * leftover temp files are removed when a store opens.
+ * when a store opens it removes the temp files of writers that are gone (dead
+ * pid, or untouched for an hour); a live writer's, e.g. another `kvmesh run`
+ * sharing the directory, stays. Directories shared between hosts (NFS) are
+ * not supported: a pid names a process of this host only.
  *
  * Puts go to RAM at once and to disk on a background writer thread, so a put
  * never waits for the disk (it sits on the prefill path). km_store_flush waits

@@ -581,10 +581,26 @@ static void test_vanished_file(void **state) {
     km_store_close(s);
 }
 
+/* The pid of a process that has exited (and been reaped). */
+static long dead_pid(void) {
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) _exit(0);
+    assert_int_equal(waitpid(pid, NULL, 0), pid);
+    return (long)pid;
+}
+
+/* The temp file of key k as a writer of process pid names it. */
+static const char *temp_file(const char *dir, km_key k, long pid) {
+    char hex[33], name[128];
+    km_key_hex(k, hex);
+    snprintf(name, sizeof name, "%s.kvb.%ld.tmp", hex, pid);
+    return dir_file(dir, name);
+}
+
 static void test_odd_files_ignored(void **state) {
     const char *dir = *state;
     km_key good = mkkey(10, 1), huge = mkkey(10, 2), isdir = mkkey(10, 3), stale = mkkey(10, 4);
-    char hex[33];
 
     uint8_t *blob = make_blob(good, 500);
     write_file(key_file(dir, good), blob, 500);
@@ -598,12 +614,9 @@ static void test_odd_files_ignored(void **state) {
     write_file(dir_file(dir, "0123456789abcdef0123456789abcde.kvb"), junk, 10);  /* 31 digits */
     write_file(dir_file(dir, "0123456789ABCDEF0123456789ABCDEF.kvb"), junk, 10); /* not our spelling */
     write_file(dir_file(dir, "other.tmp"), junk, 10);                            /* not ours */
-    km_key_hex(stale, hex);
-    char name[128];
-    snprintf(name, sizeof name, "%s.kvb.4242.tmp", hex); /* a crashed writer's leftover */
-    write_file(dir_file(dir, name), junk, 100);
     char stale_tmp[4200];
-    snprintf(stale_tmp, sizeof stale_tmp, "%s", dir_file(dir, name));
+    snprintf(stale_tmp, sizeof stale_tmp, "%s", temp_file(dir, stale, dead_pid())); /* a crashed writer's leftover */
+    write_file(stale_tmp, junk, 100);
 
     km_store_params p = km_store_default_params();
     p.disk_dir = dir;
@@ -626,6 +639,31 @@ static void test_odd_files_ignored(void **state) {
     assert_int_equal(file_size(key_file(dir, huge)), 2000); /* ignored, not deleted */
     km_store_close(s);
     assert_int_equal(file_size(dir_file(dir, "README.txt")), 5);
+}
+
+/* Opening a directory leaves the temp files of live writers alone (another
+ * process is writing them right now); those of dead writers, and those no one
+ * touched for over an hour (a pid reused since), are removed. */
+static void test_live_writers_temp_kept(void **state) {
+    const char *dir = *state;
+    uint8_t junk[100];
+    memset(junk, 0xee, sizeof junk);
+    char live[4200], dead[4200], old[4200];
+    snprintf(live, sizeof live, "%s", temp_file(dir, mkkey(11, 1), (long)getpid()));
+    snprintf(dead, sizeof dead, "%s", temp_file(dir, mkkey(11, 2), dead_pid()));
+    snprintf(old, sizeof old, "%s", temp_file(dir, mkkey(11, 3), (long)getppid()));
+    write_file(live, junk, sizeof junk);
+    write_file(dead, junk, sizeof junk);
+    write_file(old, junk, sizeof junk);
+    struct timespec two_hours_ago[2] = {{time(NULL) - 7200, 0}, {time(NULL) - 7200, 0}};
+    assert_int_equal(utimensat(AT_FDCWD, old, two_hours_ago, 0), 0);
+    km_store *s = open_store(0, dir, 0);
+    assert_int_equal(file_size(live), (long)sizeof junk);
+    assert_int_equal(file_size(dead), -1);
+    assert_int_equal(file_size(old), -1);
+    assert_int_equal(km_store_get_stats(s).disk_entries, 0); /* temp files are never entries */
+    km_store_close(s);
+    assert_int_equal(file_size(live), (long)sizeof junk);
 }
 
 static void test_write_error(void **state) {
@@ -1025,6 +1063,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_disk_budget, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_vanished_file, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_odd_files_ignored, setup_dir, teardown_dir),
+        cmocka_unit_test_setup_teardown(test_live_writers_temp_kept, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_write_error, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_crash_during_write, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_concurrency, setup_dir, teardown_dir),
