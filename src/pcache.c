@@ -133,8 +133,8 @@ static bool redis_maybe_has(void *ud, km_key key) {
     return r->skip_catalog || km_redis_maybe_has(r->redis, key);
 }
 
-static int redis_get(void *ud, km_key key, uint8_t **blob, size_t *len, km_error *err) {
-    return km_redis_get(((redis_src *)ud)->redis, key, blob, len, err);
+static int redis_get(void *ud, km_key key, size_t max_len, uint8_t **blob, size_t *len, km_error *err) {
+    return km_redis_get(((redis_src *)ud)->redis, key, max_len, blob, len, err);
 }
 
 static void redis_reject(void *ud, km_key key, const char *why) {
@@ -195,9 +195,20 @@ static int by_estimate(const void *a, const void *b) {
     return x->src - y->src;               /* then local, Redis, peers in order */
 }
 
-/* Fetch the blob of a candidate: 0 got it, 1 nothing usable. */
-static int fetch_blob(km_store *store, const sources *S, km_key key, int src, uint8_t **blob, size_t *len,
-                      km_prefill_report *rep) {
+/* The largest blob a state of n_tokens tokens can be on this context: its
+ * exact size uncompressed (compression only ever shrinks it), capped by
+ * max_blob; max_blob when the state layout is unknown. */
+static size_t blob_bound(km_ctx *c, int n_tokens, size_t max_blob) {
+    size_t state = km_state_size_estimate(c, n_tokens);
+    if (state == 0) return max_blob;
+    size_t b = km_blob_size((uint32_t)n_tokens, state);
+    return b < max_blob ? b : max_blob;
+}
+
+/* Fetch the blob of a candidate: 0 got it, 1 nothing usable. A remote value
+ * larger than max_len is rejected unread. */
+static int fetch_blob(km_store *store, const sources *S, km_key key, int src, size_t max_len, uint8_t **blob,
+                      size_t *len, km_prefill_report *rep) {
     km_error e;
     if (src < 0) {
         int rc = km_store_get(store, key, blob, len, &e);
@@ -206,7 +217,7 @@ static int fetch_blob(km_store *store, const sources *S, km_key key, int src, ui
     }
     const km_remote *r = &S->all[src];
     double t0 = km_now_ms();
-    int rc = r->get(r->ud, key, blob, len, &e);
+    int rc = r->get(r->ud, key, max_len, blob, len, &e);
     double dt = km_now_ms() - t0;
     rep->t_remote_ms += dt;
     rep->n_remote_gets++;
@@ -285,7 +296,7 @@ static int restore_best(km_ctx *c, km_store *store, const sources *S, int seq, c
         const km_remote *r = src >= 0 ? &S->all[src] : NULL;
         uint8_t *blob = NULL;
         size_t len = 0;
-        if (fetch_blob(store, S, keys[i], src, &blob, &len, rep) != 0) continue;
+        if (fetch_blob(store, S, keys[i], src, blob_bound(c, bounds[i], o->max_blob), &blob, &len, rep) != 0) continue;
         km_error e;
         km_blob_info info;
         double t0 = km_now_ms();

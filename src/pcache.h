@@ -38,9 +38,11 @@ typedef struct km_remote {
     void *ud;
     /* Catalog check, no I/O: may the holder have key? */
     bool (*maybe_has)(void *ud, km_key key);
-    /* Fetch: 0 got it (*blob malloc'd), 1 not there (a catalog false
-     * positive), 2 a value that can never be a blob, -1 error. */
-    int (*get)(void *ud, km_key key, uint8_t **blob, size_t *len, km_error *err);
+    /* Fetch a blob of at most max_len bytes (the largest the key's state can
+     * be; a larger value is never read whole): 0 got it (*blob malloc'd),
+     * 1 not there (a catalog false positive), 2 a value that can never be a
+     * blob (e.g. larger), -1 error. */
+    int (*get)(void *ud, km_key key, size_t max_len, uint8_t **blob, size_t *len, km_error *err);
     /* A fetched blob failed validation (or was unusable): tell the holder's side. */
     void (*reject)(void *ud, km_key key, const char *why);
     /* Copy of the measured link to the holder (for the planner). */

@@ -13,6 +13,7 @@
 
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
+#define CATALOG_MAX ((size_t)64 << 20) /* largest master catalog read */
 
 /* One connection with its own down/backoff state. The request path and the
  * writer thread each own one: hiredis contexts are not thread-safe, and an
@@ -230,6 +231,13 @@ static redisReply *command(km_redis *r, conn *cn, km_error *err, const char *wha
     return rep;
 }
 
+/* GETRANGE key 0 max: at most max + 1 bytes of a string value, so a larger
+ * one shows by its extra byte and is never read whole (a GET buffers all of
+ * it, up to Redis's 512 MB, before we can look). A missing key reads as "". */
+static redisReply *get_upto(km_redis *r, conn *cn, km_error *err, const char *what, const char *key, size_t max) {
+    return command(r, cn, err, what, "GETRANGE %s 0 %llu", key, (unsigned long long)max);
+}
+
 void km_redis_state_key(const km_redis *r, km_key key, char *out, size_t len) {
     char hex[2 * KM_KEY_LEN + 1];
     km_key_hex(key, hex);
@@ -344,12 +352,12 @@ static int load_master(km_redis *r, km_error *err) {
     char k[128];
     ns_key(r, "catalog", k, sizeof k);
     double t0 = km_now_ms();
-    redisReply *rep = command(r, &r->sync, err, "catalog GET", "GET %s", k);
+    redisReply *rep = get_upto(r, &r->sync, err, "catalog GET", k, CATALOG_MAX);
     if (!rep) return -1;
     int rc = 0;
-    if (rep->type == REDIS_REPLY_STRING) {
+    if (rep->type == REDIS_REPLY_STRING && rep->len > 0) {
         km_link_request(r->p.link, t0, 64, (size_t)rep->len);
-        km_catalog *m = km_catalog_decode((const uint8_t *)rep->str, (size_t)rep->len, (size_t)64 << 20, err);
+        km_catalog *m = km_catalog_decode((const uint8_t *)rep->str, (size_t)rep->len, CATALOG_MAX, err);
         if (!m) {
             km_warn("master catalog in Redis is invalid (%s); keeping the local copy", err->msg);
             rc = -1;
@@ -624,25 +632,26 @@ void km_redis_close(km_redis *r, int flush_ms) {
     free(r);
 }
 
-int km_redis_get(km_redis *r, km_key key, uint8_t **blob, size_t *len, km_error *err) {
+int km_redis_get(km_redis *r, km_key key, size_t max_len, uint8_t **blob, size_t *len, km_error *err) {
     *blob = NULL;
     *len = 0;
     char k[128];
     km_redis_state_key(r, key, k, sizeof k);
+    size_t max = max_len && max_len < r->p.max_blob ? max_len : r->p.max_blob;
     double t0 = km_now_ms();
     int rc = -1;
     pthread_mutex_lock(&r->req_lock);
-    redisReply *rep = command(r, &r->req, err, "GET", "GET %s", k);
+    redisReply *rep = get_upto(r, &r->req, err, "GET", k, max);
     if (rep) {
-        if (rep->type == REDIS_REPLY_NIL) {
-            rc = 1;
-        } else if (rep->type == REDIS_REPLY_ERROR && strncmp(rep->str, "WRONGTYPE", 9) != 0) {
+        if (rep->type == REDIS_REPLY_ERROR && strncmp(rep->str, "WRONGTYPE", 9) != 0) {
             rc = km_error_set(err, "Redis GET %s: %s", k, rep->str);
         } else if (rep->type != REDIS_REPLY_STRING) { /* incl. WRONGTYPE: some other kind of value */
             km_error_set(err, "Redis GET %s: the value is not a string", k);
             rc = 2;
-        } else if ((size_t)rep->len > r->p.max_blob) {
-            km_error_set(err, "Redis GET %s: %lld-byte value exceeds the limit of %zu", k, (long long)rep->len, r->p.max_blob);
+        } else if (rep->len == 0) {
+            rc = 1;
+        } else if ((size_t)rep->len > max) {
+            km_error_set(err, "Redis GET %s: the value is over %zu bytes, the most a state of this key can have", k, max);
             rc = 2;
         } else {
             *blob = malloc((size_t)rep->len ? (size_t)rep->len : 1);

@@ -91,10 +91,12 @@ km_redis *km_redis_open(const km_redis_params *p, const uint8_t fingerprint[KM_F
 /* Flush uploads (waiting at most flush_ms), report unsent ones, disconnect, free. */
 void km_redis_close(km_redis *r, int flush_ms);
 
-/* GET the blob of key: 0 hit (*blob malloc'd), 1 miss, 2 a value that cannot
- * be a blob (over max_blob, or not a string: the caller deletes it), -1 error
- * or tier down. */
-int km_redis_get(km_redis *r, km_key key, uint8_t **blob, size_t *len, km_error *err);
+/* GET the blob of key, if at most max_len bytes (0: max_blob; the caller
+ * knows the largest state its key can name): 0 hit (*blob malloc'd), 1 miss,
+ * 2 a value that cannot be a blob (larger, or not a string: the caller
+ * deletes it), -1 error or tier down. Reads at most max_len + 1 bytes of a
+ * value, whatever its size. */
+int km_redis_get(km_redis *r, km_key key, size_t max_len, uint8_t **blob, size_t *len, km_error *err);
 /* Queue an upload (copies blob). Returns -1 if refused (too large). */
 int km_redis_put_async(km_redis *r, km_key key, const uint8_t *blob, size_t len, km_error *err);
 /* Delete a key (e.g. a blob that failed validation). Synchronous. */

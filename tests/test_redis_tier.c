@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -99,10 +100,10 @@ static void test_roundtrip_namespace_ttl(void **state) {
     km_error err;
     uint8_t *b = blob_n(1, 100000), *got;
     size_t len;
-    assert_int_equal(km_redis_get(r, key_n(1), &got, &len, &err), 1); /* miss */
+    assert_int_equal(km_redis_get(r, key_n(1), 0, &got, &len, &err), 1); /* miss */
     assert_int_equal(km_redis_put_async(r, key_n(1), b, 100000, &err), 0);
     assert_int_equal(km_redis_flush(r, 5000), 0);
-    assert_int_equal(km_redis_get(r, key_n(1), &got, &len, &err), 0);
+    assert_int_equal(km_redis_get(r, key_n(1), 0, &got, &len, &err), 0);
     assert_int_equal(len, 100000);
     assert_memory_equal(got, b, len);
     free(got);
@@ -128,15 +129,15 @@ static void test_roundtrip_namespace_ttl(void **state) {
         small.max_blob = 1000;
         small.sync_period_ms = 0;
         km_redis *s = km_redis_open(&small, FP, &err);
-        assert_int_equal(km_redis_get(s, key_n(1), &got, &len, &err), 2);
-        assert_non_null(strstr(err.msg, "exceeds the limit of 1000"));
+        assert_int_equal(km_redis_get(s, key_n(1), 0, &got, &len, &err), 2);
+        assert_non_null(strstr(err.msg, "is over 1000 bytes"));
         assert_int_equal(km_redis_get_stats(s).bad_values, 1);
         assert_int_equal(km_redis_put_async(s, key_n(9), b, 100000, &err), -1);
         km_redis_close(s, 100);
     }
     /* delete */
     assert_int_equal(km_redis_del(r, key_n(1), &err), 0);
-    assert_int_equal(km_redis_get(r, key_n(1), &got, &len, &err), 1);
+    assert_int_equal(km_redis_get(r, key_n(1), 0, &got, &len, &err), 1);
     km_redis_stats st = km_redis_get_stats(r);
     assert_int_equal(st.gets, 3);
     assert_int_equal(st.hits, 1);
@@ -160,14 +161,14 @@ static void test_auth(void **state) {
     uint8_t *got;
     size_t len;
     km_redis *good = open_tier(port, ":s3cret@", 0, 0);
-    assert_int_equal(km_redis_get(good, key_n(2), &got, &len, &err), 1);
+    assert_int_equal(km_redis_get(good, key_n(2), 0, &got, &len, &err), 1);
     km_redis_close(good, 100);
     km_redis *bad = open_tier(port, ":wrong@", 0, 0);
-    assert_int_equal(km_redis_get(bad, key_n(2), &got, &len, &err), -1);
+    assert_int_equal(km_redis_get(bad, key_n(2), 0, &got, &len, &err), -1);
     assert_false(km_redis_get_stats(bad).up);
     km_redis_close(bad, 100);
     km_redis *none = open_tier(port, NULL, 0, 0);
-    assert_int_equal(km_redis_get(none, key_n(2), &got, &len, &err), -1);
+    assert_int_equal(km_redis_get(none, key_n(2), 0, &got, &len, &err), -1);
     km_redis_close(none, 100);
     tu_redis_stop(pid, 0);
 }
@@ -181,7 +182,7 @@ static void test_absent_then_back(void **state) {
     uint8_t *got;
     size_t len;
     double t0 = km_now_ms();
-    assert_int_equal(km_redis_get(r, key_n(3), &got, &len, &err), -1);
+    assert_int_equal(km_redis_get(r, key_n(3), 0, &got, &len, &err), -1);
     assert_true(km_now_ms() - t0 < 200); /* down: fails fast (refused, then no attempt before the backoff ends) */
     uint8_t *b = blob_n(3, 5000);
     assert_int_equal(km_redis_put_async(r, key_n(3), b, 5000, &err), 0);
@@ -192,7 +193,7 @@ static void test_absent_then_back(void **state) {
     /* the read path reconnects after its backoff too */
     int rc = -1;
     for (int i = 0; i < 100 && rc != 0; i++) {
-        rc = km_redis_get(r, key_n(3), &got, &len, &err);
+        rc = km_redis_get(r, key_n(3), 0, &got, &len, &err);
         if (rc != 0) usleep(100 * 1000);
     }
     assert_int_equal(rc, 0);
@@ -213,17 +214,17 @@ static void test_killed_and_restarted(void **state) {
     km_error err;
     uint8_t *got;
     size_t len;
-    assert_int_equal(km_redis_get(r, key_n(4), &got, &len, &err), 1);
+    assert_int_equal(km_redis_get(r, key_n(4), 0, &got, &len, &err), 1);
     tu_redis_stop(pid, 1);
     double t0 = km_now_ms();
-    assert_int_equal(km_redis_get(r, key_n(4), &got, &len, &err), -1);
-    assert_int_equal(km_redis_get(r, key_n(4), &got, &len, &err), -1);
+    assert_int_equal(km_redis_get(r, key_n(4), 0, &got, &len, &err), -1);
+    assert_int_equal(km_redis_get(r, key_n(4), 0, &got, &len, &err), -1);
     assert_true(km_now_ms() - t0 < 1200); /* bounded by the timeouts, then backoff */
     pid = tu_redis_start(port, NULL);
     skip_without_redis(pid);
     int rc = -1;
     for (int i = 0; i < 100 && rc < 0; i++) {
-        rc = km_redis_get(r, key_n(4), &got, &len, &err);
+        rc = km_redis_get(r, key_n(4), 0, &got, &len, &err);
         if (rc < 0) usleep(100 * 1000);
     }
     assert_int_equal(rc, 1);
@@ -244,12 +245,12 @@ static void test_down_warning_has_reason(void **state) {
     km_error err;
     uint8_t *got;
     size_t len;
-    assert_int_equal(km_redis_get(r, key_n(4), &got, &len, &err), 1); /* connected */
+    assert_int_equal(km_redis_get(r, key_n(4), 0, &got, &len, &err), 1); /* connected */
     tu_redis_stop(pid, 1);
     int level = km_log_level;
     km_log_level = 0;
     tu_stderr_begin();
-    assert_int_equal(km_redis_get(r, key_n(4), &got, &len, &err), -1);
+    assert_int_equal(km_redis_get(r, key_n(4), 0, &got, &len, &err), -1);
     char *log = tu_stderr_end();
     km_log_level = level;
     const char *why = strstr(err.msg, "failed: "); /* "Redis GET failed: <hiredis's reason>" */
@@ -261,6 +262,61 @@ static void test_down_warning_has_reason(void **state) {
     if (!strstr(log, expect)) fail_msg("warning without its reason: '%s' (expected '%s')", log, expect);
     free(log);
     km_redis_close(r, 100);
+}
+
+static long max_rss_kb(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_maxrss;
+}
+
+/* A value far larger than any state of its key (64 MB, made by the server:
+ * SETRANGE) is refused after reading at most the bound plus one byte: fast,
+ * and this process never holds it (a GET read it whole first). */
+static void test_oversized_value_not_read(void **state) {
+    (void)state;
+    int port = tu_free_port();
+    int pid = tu_redis_start(port, NULL);
+    skip_without_redis(pid);
+    km_redis *r = open_tier(port, NULL, 0, 0);
+    char k[128];
+    km_redis_state_key(r, key_n(40), k, sizeof k);
+    redisContext *c = redisConnect("127.0.0.1", port);
+    redisReply *rep = redisCommand(c, "SELECT 2");
+    freeReplyObject(rep);
+    rep = redisCommand(c, "SETRANGE %s %d x", k, (64 << 20) - 1);
+    assert_int_equal(rep->integer, 64 << 20);
+    freeReplyObject(rep);
+    km_error err;
+    uint8_t *got;
+    size_t len;
+    long rss0 = max_rss_kb();
+    double t0 = km_now_ms();
+    assert_int_equal(km_redis_get(r, key_n(40), 100000, &got, &len, &err), 2);
+    double dt = km_now_ms() - t0;
+    assert_null(got);
+    assert_non_null(strstr(err.msg, "is over 100000 bytes"));
+    long grown_kb = max_rss_kb() - rss0;
+    print_message("    64 MB value refused in %.1f ms, peak RSS +%ld kB\n", dt, grown_kb);
+    assert_true(grown_kb < 16 * 1024); /* a whole read costs >= 64 MB */
+    assert_true(dt < 500);
+    km_redis_stats st = km_redis_get_stats(r);
+    assert_int_equal(st.bad_values, 1);
+    assert_int_equal(st.bytes_down, 0);
+    /* a value within the bound is read; a missing key is a miss, not a bad value */
+    uint8_t *b = blob_n(41, 5000);
+    assert_int_equal(km_redis_put_async(r, key_n(41), b, 5000, &err), 0);
+    assert_int_equal(km_redis_flush(r, 5000), 0);
+    assert_int_equal(km_redis_get(r, key_n(41), 5000, &got, &len, &err), 0);
+    assert_int_equal(len, 5000);
+    assert_memory_equal(got, b, 5000);
+    free(got);
+    assert_int_equal(km_redis_get(r, key_n(41), 4999, &got, &len, &err), 2);
+    assert_int_equal(km_redis_get(r, key_n(42), 5000, &got, &len, &err), 1);
+    free(b);
+    redisFree(c);
+    km_redis_close(r, 100);
+    tu_redis_stop(pid, 0);
 }
 
 /* A server that accepts and never answers: every call is bounded by io_timeout. */
@@ -278,7 +334,7 @@ static void test_silent_server_times_out(void **state) {
     uint8_t *got;
     size_t len;
     double t0 = km_now_ms();
-    assert_int_equal(km_redis_get(r, key_n(5), &got, &len, &err), -1);
+    assert_int_equal(km_redis_get(r, key_n(5), 0, &got, &len, &err), -1);
     double dt = km_now_ms() - t0;
     assert_true(dt < 1500); /* io timeout 500 ms */
     uint8_t b[10] = {0};
@@ -410,13 +466,13 @@ static void test_link_shapes_transfers(void **state) {
     assert_int_equal(km_redis_flush(r, 5000), 0);
     assert_true(km_now_ms() - t0 >= 120); /* the writer paid 20 ms + 100 ms */
     t0 = km_now_ms();
-    assert_int_equal(km_redis_get(r, key_n(7), &got, &len, &err), 0);
+    assert_int_equal(km_redis_get(r, key_n(7), 0, &got, &len, &err), 0);
     double dt = km_now_ms() - t0;
     assert_true(dt >= 120 && dt < 600);
     assert_memory_equal(got, b, 100000);
     free(got);
     t0 = km_now_ms();
-    assert_int_equal(km_redis_get(r, key_n(8), &got, &len, &err), 1); /* a miss still pays the round trip */
+    assert_int_equal(km_redis_get(r, key_n(8), 0, &got, &len, &err), 1); /* a miss still pays the round trip */
     assert_true(km_now_ms() - t0 >= 20);
     km_redis_stats st = km_redis_get_stats(r);
     assert_true(st.get_ms >= 140);
@@ -452,7 +508,7 @@ static void test_upload_compressed(void **state) {
     uint8_t *opaque = blob_n(3, 1000);
     assert_int_equal(km_redis_put_async(r, key_n(31), opaque, 1000, &err), 0); /* not a blob: as given */
     assert_int_equal(km_redis_flush(r, 5000), 0);
-    assert_int_equal(km_redis_get(r, key_n(30), &got, &glen, &err), 0);
+    assert_int_equal(km_redis_get(r, key_n(30), 0, &got, &glen, &err), 0);
     assert_true(glen < len / 4);
     km_blob_info info;
     assert_int_equal(km_blob_parse(got, glen, (size_t)1 << 30, &info, &err), 0);
@@ -471,7 +527,7 @@ static void test_upload_compressed(void **state) {
     assert_int_equal(st.bytes_up_raw, len + 1000);
     assert_true(st.compress_ms > 0);
     free(got);
-    assert_int_equal(km_redis_get(r, key_n(31), &got, &glen, &err), 0);
+    assert_int_equal(km_redis_get(r, key_n(31), 0, &got, &glen, &err), 0);
     assert_int_equal(glen, 1000);
     assert_memory_equal(got, opaque, 1000);
     free(got);
@@ -488,7 +544,7 @@ static void test_upload_compressed(void **state) {
     assert_non_null(r);
     assert_int_equal(km_redis_put_async(r, key_n(32), b, len, &err), 0);
     assert_int_equal(km_redis_flush(r, 5000), 0);
-    assert_int_equal(km_redis_get(r, key_n(32), &got, &glen, &err), 0);
+    assert_int_equal(km_redis_get(r, key_n(32), 0, &got, &glen, &err), 0);
     assert_int_equal(glen, len);
     assert_memory_equal(got, b, len);
     st = km_redis_get_stats(r);
@@ -511,6 +567,7 @@ int main(void) {
         cmocka_unit_test(test_absent_then_back),
         cmocka_unit_test(test_killed_and_restarted),
         cmocka_unit_test(test_down_warning_has_reason),
+        cmocka_unit_test(test_oversized_value_not_read),
         cmocka_unit_test(test_silent_server_times_out),
         cmocka_unit_test(test_queue_budget),
         cmocka_unit_test(test_catalog_sync_and_rebuild),
