@@ -8,12 +8,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "blob.h"
 
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
 #define CATALOG_MAX ((size_t)64 << 20) /* largest master catalog read */
+#define EPOCH_LEN (2 * KM_KEY_LEN)      /* hex digits of a catalog epoch */
 
 /* One connection with its own down/backoff state. The request path and the
  * writer thread each own one: hiredis contexts are not thread-safe, and an
@@ -31,6 +33,7 @@ typedef struct job {
     uint8_t *data;
     size_t len;     /* of data: as queued, then as compressed by the writer */
     size_t raw_len; /* as queued */
+    bool retried;   /* sent once on a connection that broke */
     struct job *next;
 } job;
 
@@ -62,7 +65,9 @@ struct km_redis {
     km_catalog *catalog;
     uint64_t cat_pos;         /* entries of the added list the copy covers */
     double last_full_ms, last_rebuild_ms;
-    pthread_mutex_t sync_lock; /* sync connection; one sync at a time */
+    pthread_mutex_t sync_lock; /* sync connection, epoch; one sync at a time */
+    char epoch[EPOCH_LEN + 1]; /* the catalog epoch the copy belongs to */
+    bool has_epoch;            /* false until the first sync read one */
     conn sync;
     pthread_t syncer;
     pthread_cond_t sync_cond; /* wakes the syncer early (stop); waits under q_lock */
@@ -285,7 +290,7 @@ static void *writer_main(void *arg) {
         redisContext *c = ensure(r, &r->wr);
         /* only when connected: no CPU spent on jobs that wait for the tier */
         double ct = c && r->p.compress_level != 0 ? compress_job(r, j) : 0;
-        bool sent = false;
+        bool sent = false, broke = false;
         char key[128];
         km_redis_state_key(r, j->key, key, sizeof key);
         if (c) {
@@ -298,6 +303,7 @@ static void *writer_main(void *arg) {
             redisReply *set = NULL, *push = NULL;
             if (redisGetReply(c, (void **)&set) != REDIS_OK || redisGetReply(c, (void **)&push) != REDIS_OK) {
                 mark_down(r, &r->wr, c->errstr);
+                broke = true;
             } else if (set->type == REDIS_REPLY_ERROR) {
                 km_warn("Redis SET %s failed: %s", key, set->str);
             } else {
@@ -321,8 +327,11 @@ static void *writer_main(void *arg) {
             r->st.bytes_up_raw += j->raw_len;
             free(j->data);
             free(j);
-        } else if (!c && !r->stop) {
-            /* Down: put it back at the front and wait for the retry time (or stop). */
+        } else if ((!c || (broke && !j->retried)) && !r->stop) {
+            /* Down: put it back at the front and wait for the retry time (or
+             * stop). A connection that broke under the job (e.g. Redis
+             * restarted since the last upload) gets it once more. */
+            j->retried |= broke;
             j->next = r->head;
             r->head = j;
             if (!r->tail) r->tail = j;
@@ -347,8 +356,10 @@ static void *writer_main(void *arg) {
 
 static void ns_key(const km_redis *r, const char *suffix, char *out, size_t len) { snprintf(out, len, "%s%s", r->ns, suffix); }
 
-/* Replace the local copy with the master catalog, if there is one. */
-static int load_master(km_redis *r, km_error *err) {
+/* Replace the local copy with the master catalog, if there is one that
+ * covers at most list_len entries (one covering more was made before the
+ * upload list lost entries: its position means nothing now). */
+static int load_master(km_redis *r, uint64_t list_len, km_error *err) {
     char k[128];
     ns_key(r, "catalog", k, sizeof k);
     double t0 = km_now_ms();
@@ -361,6 +372,10 @@ static int load_master(km_redis *r, km_error *err) {
         if (!m) {
             km_warn("master catalog in Redis is invalid (%s); keeping the local copy", err->msg);
             rc = -1;
+        } else if (km_catalog_version(m) > list_len) {
+            km_debug("master catalog covers %llu list entries, the list has %llu: ignored until a rebuild",
+                     (unsigned long long)km_catalog_version(m), (unsigned long long)list_len);
+            km_catalog_free(m);
         } else {
             pthread_mutex_lock(&r->cat_lock);
             km_catalog_free(r->catalog);
@@ -420,11 +435,83 @@ static int load_delta(km_redis *r, km_error *err) {
     }
 }
 
+/* A fresh random catalog epoch. */
+static void new_epoch(char out[EPOCH_LEN + 1]) {
+    km_key k;
+    if (getentropy(k.b, sizeof k.b) != 0) { /* unique is enough: time and pid */
+        km_put_u64(k.b, (uint64_t)(km_now_ms() * 1000.0));
+        km_put_u64(k.b + 8, (uint64_t)getpid());
+    }
+    km_key_hex(k, out);
+}
+
+/* The catalog's epoch and the upload list's length. The epoch is a random
+ * token that the first client to find none sets (SET NX): Redis restarting
+ * empty loses it, and a rebuild that has to recreate the list replaces it.
+ * Either way list positions of another epoch mean nothing any more. The
+ * length catches a list that lost entries otherwise (an older snapshot
+ * restored). */
+static int read_epoch(km_redis *r, char epoch[EPOCH_LEN + 1], uint64_t *list_len, km_error *err) {
+    char ek[128], lk[128];
+    ns_key(r, "epoch", ek, sizeof ek);
+    ns_key(r, "added", lk, sizeof lk);
+    redisReply *rep = get_upto(r, &r->sync, err, "catalog GET", ek, EPOCH_LEN);
+    if (rep && rep->type == REDIS_REPLY_STRING && rep->len == 0) { /* none yet */
+        freeReplyObject(rep);
+        char fresh[EPOCH_LEN + 1];
+        new_epoch(fresh);
+        rep = command(r, &r->sync, err, "catalog SET", "SET %s %s NX", ek, fresh);
+        if (rep) freeReplyObject(rep);
+        rep = rep ? get_upto(r, &r->sync, err, "catalog GET", ek, EPOCH_LEN) : NULL;
+    }
+    if (!rep) return -1;
+    /* any string is an epoch: garbage written there is just another one */
+    size_t n = rep->type == REDIS_REPLY_STRING ? (size_t)rep->len : 0;
+    if (n > EPOCH_LEN) n = EPOCH_LEN;
+    memcpy(epoch, n ? rep->str : "", n);
+    epoch[n] = 0;
+    freeReplyObject(rep);
+    rep = command(r, &r->sync, err, "catalog LLEN", "LLEN %s", lk);
+    if (!rep) return -1;
+    int rc = 0;
+    if (rep->type == REDIS_REPLY_INTEGER && rep->integer >= 0) *list_len = (uint64_t)rep->integer;
+    else rc = km_error_set(err, "catalog list %s is not a list (`kvmesh catalog rebuild` repairs it)", lk);
+    freeReplyObject(rep);
+    return rc;
+}
+
+/* Forget the copy: it describes a tier that no longer exists. */
+static void reset_copy(km_redis *r) {
+    pthread_mutex_lock(&r->cat_lock);
+    km_catalog_clear(r->catalog);
+    r->cat_pos = 0;
+    pthread_mutex_unlock(&r->cat_lock);
+    pthread_mutex_lock(&r->q_lock);
+    r->st.catalog_resets++;
+    pthread_mutex_unlock(&r->q_lock);
+}
+
 int km_redis_catalog_sync(km_redis *r, bool force_full, km_error *err) {
     pthread_mutex_lock(&r->sync_lock);
-    if (force_full || r->last_full_ms == 0 || km_now_ms() - r->last_full_ms >= r->p.full_refresh_ms)
-        load_master(r, err); /* an invalid master is reported; the delta still runs */
-    int rc = load_delta(r, err);
+    char epoch[EPOCH_LEN + 1];
+    uint64_t list_len = 0;
+    int rc = read_epoch(r, epoch, &list_len, err);
+    if (rc == 0) {
+        pthread_mutex_lock(&r->cat_lock);
+        bool behind = list_len < r->cat_pos;
+        pthread_mutex_unlock(&r->cat_lock);
+        if ((r->has_epoch && strcmp(epoch, r->epoch) != 0) || behind) {
+            km_info("Redis at %s:%d: the catalog's upload list was reset (server restarted empty, or rebuilt); "
+                    "reloading the catalog", r->host, r->port);
+            reset_copy(r);
+            force_full = true;
+        }
+        memcpy(r->epoch, epoch, sizeof r->epoch);
+        r->has_epoch = true;
+        if (force_full || r->last_full_ms == 0 || km_now_ms() - r->last_full_ms >= r->p.full_refresh_ms)
+            load_master(r, list_len, err); /* an invalid master is reported; the delta still runs */
+        rc = load_delta(r, err);
+    }
     pthread_mutex_unlock(&r->sync_lock);
     pthread_mutex_lock(&r->q_lock);
     r->st.catalog_syncs++;
@@ -453,12 +540,25 @@ int km_redis_catalog_rebuild(km_redis *r, uint32_t *n_keys, km_error *err) {
     ns_key(r, "catalog", master, sizeof master);
     size_t plen = strlen(pattern) - 1; /* prefix before the '*' */
     int rc = -1;
+    bool recreated = false;
     pthread_mutex_lock(&r->sync_lock);
     /* The list length first: keys uploaded after this point are list entries
      * past it, which every client adds on top of the master anyway. */
-    redisReply *rep = expect_type(command(r, &r->sync, err, "LLEN", "LLEN %s", list), REDIS_REPLY_INTEGER, "LLEN", err);
+    uint64_t pos = 0;
+    redisReply *rep = command(r, &r->sync, err, "LLEN", "LLEN %s", list);
+    if (rep && rep->type == REDIS_REPLY_ERROR && strncmp(rep->str, "WRONGTYPE", 9) == 0) {
+        /* Some other value sits where the list belongs: no upload could be
+         * listed. Start a new list (at position 0); the SCAN below finds
+         * every state. */
+        km_warn("catalog list %s is not a list: deleting it, the catalog is rebuilt from the states present", list);
+        freeReplyObject(rep);
+        rep = expect_type(command(r, &r->sync, err, "DEL", "DEL %s", list), REDIS_REPLY_INTEGER, "DEL", err);
+        recreated = true;
+    } else {
+        rep = expect_type(rep, REDIS_REPLY_INTEGER, "LLEN", err);
+        if (rep) pos = (uint64_t)rep->integer;
+    }
     if (!rep) goto out;
-    uint64_t pos = (uint64_t)rep->integer;
     freeReplyObject(rep);
     char cursor[32] = "0";
     do {
@@ -484,6 +584,17 @@ int km_redis_catalog_rebuild(km_redis *r, uint32_t *n_keys, km_error *err) {
     free(buf);
     if (!rep) goto out;
     freeReplyObject(rep);
+    if (recreated) {
+        /* A new epoch, after the master: a client that sees it reloads, and
+         * finds the master of the new list. */
+        char ek[128];
+        ns_key(r, "epoch", ek, sizeof ek);
+        new_epoch(r->epoch);
+        rep = expect_type(command(r, &r->sync, err, "SET", "SET %s %s", ek, r->epoch), REDIS_REPLY_STATUS, "SET", err);
+        if (!rep) goto out;
+        freeReplyObject(rep);
+        r->has_epoch = true;
+    }
     pthread_mutex_lock(&r->cat_lock);
     km_catalog_free(r->catalog);
     r->catalog = cat;
@@ -694,6 +805,7 @@ int km_redis_put_async(km_redis *r, km_key key, const uint8_t *blob, size_t len,
     pthread_mutex_unlock(&r->cat_lock);
     j->key = key;
     j->len = j->raw_len = len;
+    j->retried = false;
     j->next = NULL;
     pthread_mutex_lock(&r->q_lock);
     if (r->tail) r->tail->next = j;

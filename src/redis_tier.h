@@ -74,6 +74,7 @@ typedef struct km_redis_stats {
     bool up;                  /* last known state of the connection */
     uint64_t catalog_version;   /* list position the local copy covers */
     uint64_t catalog_syncs, catalog_full_loads, catalog_delta_keys, catalog_rebuilds;
+    uint64_t catalog_resets;     /* copies dropped because the upload list was reset (Redis restarted empty) */
     uint64_t catalog_bytes_down; /* catalog transfer: master loads + deltas */
     size_t catalog_bytes;       /* size of the local copy's filter */
 } km_redis_stats;

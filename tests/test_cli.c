@@ -1,5 +1,6 @@
 /* test_cli.c -- the kvmesh command line as a user meets it. */
 #include <dirent.h>
+#include <hiredis/hiredis.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -183,6 +184,22 @@ static void test_run_with_shared_store(void **state) {
     snprintf(args, sizeof args, "catalog rebuild --store redis://127.0.0.1:%d --model '%s'", port, tu_model("tiny-f16.gguf"));
     assert_int_equal(kvmesh(args), 0);
     assert_out_has("from 3 state(s)");
+    /* a hash where the upload list belongs: the rebuild repairs it (it failed with WRONGTYPE) */
+    redisContext *c = redisConnect("127.0.0.1", port);
+    redisReply *r = redisCommand(c, "KEYS kvmesh:v1:*:added");
+    assert_int_equal(r->elements, 1);
+    char list[128];
+    snprintf(list, sizeof list, "%s", r->element[0]->str);
+    freeReplyObject(r);
+    freeReplyObject(redisCommand(c, "DEL %s", list));
+    freeReplyObject(redisCommand(c, "HSET %s a b", list));
+    assert_int_equal(kvmesh(args), 0);
+    assert_out_has("is not a list: deleting it");
+    assert_out_has("from 3 state(s)");
+    r = redisCommand(c, "EXISTS %s", list);
+    assert_int_equal(r->integer, 0);
+    freeReplyObject(r);
+    redisFree(c);
     assert_int_equal(kvmesh("catalog rebuild --store http://x --model /etc/hostname"), 1);
     assert_out_has("redis://");
     tu_redis_stop(pid, 0);

@@ -441,6 +441,109 @@ static void test_catalog_sync_and_rebuild(void **state) {
     tu_redis_stop(pid, 0);
 }
 
+/* Wait (at most 10 s) until r's catalog copy may hold key. */
+static bool wait_maybe_has(km_redis *r, km_key key) {
+    for (int i = 0; i < 500; i++) {
+        if (km_redis_maybe_has(r, key)) return true;
+        usleep(20 * 1000);
+    }
+    return false;
+}
+
+/* Redis restarts empty under running clients: the upload list starts again
+ * at 0, far behind a client's position in the old one. The client notices
+ * (the epoch is gone, the list is shorter) and reloads, so the first uploads
+ * after the restart are found; they used to be skipped for good. */
+static void test_catalog_resync_after_empty_restart(void **state) {
+    (void)state;
+    int port = tu_free_port();
+    int pid = tu_redis_start(port, NULL);
+    skip_without_redis(pid);
+    km_error err;
+    km_redis *a = open_tier(port, NULL, 0, 0), *e = open_tier_sync(port, NULL, 0, 0, 50);
+    uint8_t data[64] = {1};
+    for (int i = 0; i < 10; i++) assert_int_equal(km_redis_put_async(a, key_n(2000 + i), data, sizeof data, &err), 0);
+    assert_int_equal(km_redis_flush(a, 5000), 0);
+    assert_true(wait_maybe_has(e, key_n(2009)));
+    assert_int_equal(km_redis_get_stats(e).catalog_version, 10);
+
+    tu_redis_stop(pid, 1);
+    pid = tu_redis_start(port, NULL); /* no persistence: empty */
+    skip_without_redis(pid);
+    for (int i = 0; i < 3; i++) assert_int_equal(km_redis_put_async(a, key_n(3000 + i), data, sizeof data, &err), 0);
+    assert_int_equal(km_redis_flush(a, 8000), 0);
+    /* the first one met the connection the restart broke: sent again, not lost */
+    assert_int_equal(km_redis_get_stats(a).uploads_failed, 0);
+    assert_int_equal(km_redis_get_stats(a).uploads_done, 13);
+    for (int i = 0; i < 3; i++) assert_true(wait_maybe_has(e, key_n(3000 + i)));
+    km_redis_stats st = km_redis_get_stats(e);
+    assert_int_equal(st.catalog_resets, 1);
+    assert_int_equal(st.catalog_version, 3);
+    int stale = 0; /* the states lost with the restart are out of the copy */
+    for (int i = 0; i < 10; i++) stale += km_redis_maybe_has(e, key_n(2000 + i));
+    assert_true(stale <= 1);
+
+    /* a later sync in the same epoch does not reset again */
+    assert_int_equal(km_redis_catalog_sync(e, true, &err), 0);
+    assert_int_equal(km_redis_get_stats(e).catalog_resets, 1);
+    km_redis_close(e, 100);
+    km_redis_close(a, 1000);
+    tu_redis_stop(pid, 0);
+}
+
+/* Another type of value where the upload list belongs (here a string): every
+ * RPUSH fails, and `kvmesh catalog rebuild` used to fail too ("unexpected
+ * LLEN reply: WRONGTYPE"). The rebuild now deletes it, builds the master from
+ * the states present and starts a new epoch: other clients reload, and new
+ * uploads are listed again. */
+static void test_rebuild_repairs_wrong_typed_list(void **state) {
+    (void)state;
+    int port = tu_free_port();
+    int pid = tu_redis_start(port, NULL);
+    skip_without_redis(pid);
+    km_error err;
+    km_redis *a = open_tier(port, NULL, 0, 0), *b = open_tier(port, NULL, 0, 0);
+    uint8_t data[64] = {1};
+    for (int i = 0; i < 5; i++) assert_int_equal(km_redis_put_async(a, key_n(5000 + i), data, sizeof data, &err), 0);
+    assert_int_equal(km_redis_flush(a, 5000), 0);
+    assert_int_equal(km_redis_catalog_sync(b, false, &err), 0);
+    assert_int_equal(km_redis_get_stats(b).catalog_version, 5);
+
+    redisContext *c = redisConnect("127.0.0.1", port);
+    redisReply *rep = redisCommand(c, "SELECT 2");
+    freeReplyObject(rep);
+    const char *list = "kvmesh:v1:aa0102030405060708090a0b0c0d0ebb:added";
+    freeReplyObject(redisCommand(c, "DEL %s", list));
+    freeReplyObject(redisCommand(c, "SET %s %s", list, "not a list"));
+    assert_int_equal(km_redis_put_async(a, key_n(5005), data, sizeof data, &err), 0); /* SET ok, RPUSH refused */
+    assert_int_equal(km_redis_flush(a, 5000), 0);
+    assert_int_equal(km_redis_catalog_sync(b, false, &err), -1);
+    assert_non_null(strstr(err.msg, "is not a list"));
+
+    uint32_t n = 0;
+    if (km_redis_catalog_rebuild(a, &n, &err) != 0) fail_msg("rebuild: %s", err.msg);
+    assert_int_equal(n, 6);
+    rep = redisCommand(c, "EXISTS %s", list);
+    assert_int_equal(rep->integer, 0); /* gone; the next upload starts a new list */
+    freeReplyObject(rep);
+    assert_int_equal(km_redis_put_async(a, key_n(5006), data, sizeof data, &err), 0);
+    assert_int_equal(km_redis_flush(a, 5000), 0);
+    rep = redisCommand(c, "LLEN %s", list);
+    assert_int_equal(rep->integer, 1);
+    freeReplyObject(rep);
+
+    assert_int_equal(km_redis_catalog_sync(b, false, &err), 0);
+    km_redis_stats st = km_redis_get_stats(b);
+    assert_int_equal(st.catalog_resets, 1);
+    assert_int_equal(st.catalog_full_loads, 1); /* the rebuilt master */
+    assert_int_equal(st.catalog_version, 1);
+    for (int i = 0; i < 7; i++) assert_true(km_redis_maybe_has(b, key_n(5000 + i)));
+    redisFree(c);
+    km_redis_close(b, 100);
+    km_redis_close(a, 1000);
+    tu_redis_stop(pid, 0);
+}
+
 /* Through an emulated link, a GET pays the round trip and the bytes; the
  * write-behind upload pays too, but off the caller's path. */
 static void test_link_shapes_transfers(void **state) {
@@ -571,6 +674,8 @@ int main(void) {
         cmocka_unit_test(test_silent_server_times_out),
         cmocka_unit_test(test_queue_budget),
         cmocka_unit_test(test_catalog_sync_and_rebuild),
+        cmocka_unit_test(test_catalog_resync_after_empty_restart),
+        cmocka_unit_test(test_rebuild_repairs_wrong_typed_list),
         cmocka_unit_test(test_link_shapes_transfers),
         cmocka_unit_test(test_upload_compressed),
     };
