@@ -472,10 +472,14 @@ int km_pcache_run(km_ctx *c, km_store *store, int seq, const km_request *req, km
         return km_error_set(err, "prompt (%d tokens) + %d to generate exceed the context size %d", n, req->n_predict, n_ctx);
     }
     int *bounds = malloc((size_t)n * sizeof *bounds);
-    int nb = km_boundaries(ends, req->segment_bounds ? req->n_segs : 0, n, req->block_size, bounds);
+    int merged;
+    int nb = km_boundaries(ends, req->segment_bounds ? req->n_segs : 0, n, req->block_size, bounds, &merged);
+    if (merged) km_debug("%d of the prompt's segment ends or blocks merged (at most %d boundaries)", merged, KM_MAX_BOUNDS);
     km_pcache_opts o = req->opts ? *req->opts : km_pcache_default_opts();
     o.next_hint = req->sampling.temp <= 0; /* the hint is what greedy decoding picks */
-    if (km_pcache_prefill(c, store, seq, tokens, n, bounds, nb, &o, &res->prefill, err) == 0) {
+    int prc = km_pcache_prefill(c, store, seq, tokens, n, bounds, nb, &o, &res->prefill, err);
+    res->prefill.n_bounds_merged = merged;
+    if (prc == 0) {
         km_sampler *s = km_sampler_init(&req->sampling);
         run_timer t = {req, 0, 0, 0};
         if (res->prefill.next_hint >= 0)

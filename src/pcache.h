@@ -73,6 +73,7 @@ km_pcache_opts km_pcache_default_opts(void);
 typedef struct km_prefill_report {
     int n_prompt;        /* prompt tokens */
     int n_bounds;        /* boundaries (the last is n_prompt - 1) */
+    int n_bounds_merged; /* segment ends or blocks left out: at most KM_MAX_BOUNDS per prompt (km_pcache_run) */
     int hit_index;       /* boundary restored from (0-based), -1 on a miss */
     int hit_tier;        /* KM_TIER_* the restored state came from */
     int hit_remote;      /* index into opts->remotes of a KM_TIER_PEER hit, else -1 */

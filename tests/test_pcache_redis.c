@@ -35,7 +35,7 @@ static int group_setup(void **state) {
                            "Q: How long is the Channel Tunnel?\nA:"};
     int *ends;
     km_tokenize_segments(model, segs, 3, false, &toks, &n_toks, &ends, &err);
-    nb = km_boundaries(ends, 3, n_toks, 0, bounds);
+    nb = km_boundaries(ends, 3, n_toks, 0, bounds, NULL);
     free(ends);
     nv = km_model_n_vocab(model);
     km_prefill_report rep;
