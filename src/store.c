@@ -30,6 +30,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -239,7 +240,7 @@ km_store_params km_store_default_params(void) {
     memset(&p, 0, sizeof p);
     p.ram_budget = (size_t)256 << 20;
     p.disk_dir = NULL;
-    p.disk_budget = 0;
+    p.disk_budget = (uint64_t)4096 << 20;
     p.max_blob_size = (size_t)1 << 30;
     p.compress_level = 1;
     return p;
@@ -716,6 +717,16 @@ int km_store_put(km_store *s, km_key key, const uint8_t *blob, size_t len, km_er
     return 0;
 }
 
+/* Mark k's file as just used. Its modification time is the disk tier's
+ * recency when a store opens (disk_scan), and `kvmesh run` serves one request
+ * per process: without this, use would never count across runs. A file gone
+ * meanwhile (evicted) has nothing to mark. */
+static void disk_touch(const km_store *s, km_key k) {
+    char path[PATH_CAP];
+    key_path(s, k, path);
+    utimensat(AT_FDCWD, path, NULL, 0);
+}
+
 static int copy_out(const blobbuf *b, uint8_t **blob, size_t *len, km_error *err) {
     uint8_t *c = malloc(b->len ? b->len : 1);
     if (!c) return km_error_set(err, "store: out of memory copying %zu bytes", b->len);
@@ -764,6 +775,7 @@ static int disk_read(km_store *s, km_key key, uint64_t gen, uint8_t **blob, size
     }
     buf_unref(b);
     pthread_mutex_unlock(&s->lock);
+    disk_touch(s, key);
     *blob = data;
     *len = n;
     return 0;
@@ -783,6 +795,7 @@ int km_store_get(km_store *s, km_key key, uint8_t **blob, size_t *len, km_error 
         s->st.ram_hits++;
         buf_ref(b);
         pthread_mutex_unlock(&s->lock);
+        if (d) disk_touch(s, key);
         int rc = copy_out(b, blob, len, err);
         pthread_mutex_lock(&s->lock);
         buf_unref(b);

@@ -1,7 +1,10 @@
 /* store.h -- the local state store: a RAM tier and a disk tier, keyed by prefix key.
  *
  * RAM tier: an LRU under a byte budget. Disk tier (optional): one file per key,
- * <dir>/<key hex>.kvb, survives restarts. Disk writes are crash-safe (temp file,
+ * <dir>/<key hex>.kvb, survives restarts; an LRU under its own byte budget,
+ * evicted by the writer thread before it writes. Its recency order is kept in
+ * memory and in the files' modification times (a get marks the file), so it
+ * holds across processes too. Disk writes are crash-safe (temp file,
  * fsync, rename, directory fsync): a half-written entry is never served, and
  * when a store opens it removes the temp files of writers that are gone (dead
  * pid, or untouched for an hour); a live writer's, e.g. another `kvmesh run`
@@ -34,7 +37,7 @@ typedef struct km_store km_store;
 typedef struct km_store_params {
     size_t ram_budget;     /* bytes of blob data kept in RAM (default 256 MiB; 0 = no RAM tier) */
     const char *disk_dir;  /* NULL = no disk tier; created if missing */
-    uint64_t disk_budget;  /* bytes on disk (0 = unlimited); oldest-used files go first */
+    uint64_t disk_budget;  /* bytes on disk (default 4 GiB; 0 = unlimited); least recently used files go first */
     size_t max_blob_size;  /* larger puts and files are refused (default, and 0: 1 GiB) */
     int compress_level;    /* zstd level of state blobs written to disk (default 1; 0 = as given) */
 } km_store_params;

@@ -561,6 +561,41 @@ static void test_disk_budget(void **state) {
     km_store_close(s);
 }
 
+/* The disk tier's recency holds across processes: a get marks the file (from
+ * disk or from RAM), so the next process -- each `kvmesh run` is one --
+ * evicts what was used least recently, not what was written first. */
+static void test_disk_recency_across_reopen(void **state) {
+    const char *dir = *state;
+    km_key a = mkkey(12, 1), b = mkkey(12, 2), c = mkkey(12, 3), d = mkkey(12, 4);
+    km_store *s = open_store(0, dir, 3000);
+    put_blob(s, a, 1000);
+    put_blob(s, b, 1000);
+    put_blob(s, c, 1000);
+    km_store_close(s);
+    time_t now = time(NULL);
+    set_mtime(key_file(dir, a), now - 300); /* written in this order, a while ago */
+    set_mtime(key_file(dir, b), now - 200);
+    set_mtime(key_file(dir, c), now - 100);
+
+    s = open_store(1 << 20, dir, 3000);
+    expect_blob(s, a, 1000); /* from disk, promoted to RAM */
+    set_mtime(key_file(dir, a), now - 300);
+    expect_blob(s, a, 1000); /* from RAM: a use all the same */
+    km_store_close(s);
+    struct stat st;
+    assert_int_equal(stat(key_file(dir, a), &st), 0);
+    assert_true(st.st_mtime >= now - 5);
+
+    s = open_store(0, dir, 3000); /* the next process: recency from the files */
+    put_blob(s, d, 1000);
+    km_store_flush(s);
+    assert_int_equal(file_size(key_file(dir, b)), -1); /* least recently used */
+    assert_int_equal(file_size(key_file(dir, a)), 1000);
+    assert_int_equal(file_size(key_file(dir, c)), 1000);
+    assert_int_equal(file_size(key_file(dir, d)), 1000);
+    km_store_close(s);
+}
+
 static void test_vanished_file(void **state) {
     const char *dir = *state;
     km_store *s = open_store(0, dir, 0);
@@ -655,8 +690,7 @@ static void test_live_writers_temp_kept(void **state) {
     write_file(live, junk, sizeof junk);
     write_file(dead, junk, sizeof junk);
     write_file(old, junk, sizeof junk);
-    struct timespec two_hours_ago[2] = {{time(NULL) - 7200, 0}, {time(NULL) - 7200, 0}};
-    assert_int_equal(utimensat(AT_FDCWD, old, two_hours_ago, 0), 0);
+    set_mtime(old, time(NULL) - 7200);
     km_store *s = open_store(0, dir, 0);
     assert_int_equal(file_size(live), (long)sizeof junk);
     assert_int_equal(file_size(dead), -1);
@@ -1061,6 +1095,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_persistence, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_remove, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_disk_budget, setup_dir, teardown_dir),
+        cmocka_unit_test_setup_teardown(test_disk_recency_across_reopen, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_vanished_file, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_odd_files_ignored, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_live_writers_temp_kept, setup_dir, teardown_dir),
