@@ -27,13 +27,17 @@
  *                               (pushed in the same round trip as the SET)
  *     kvmesh:v1:<fp>:catalog    the master catalog (km_catalog wire format);
  *                               its version = how many list entries it covers
+ *     kvmesh:v1:<fp>:epoch      a random token naming the current list (SET NX
+ *                               by the first client to find none)
  *
  * A sync fetches only the list entries past the position it has (the delta);
  * every full_refresh_ms it reloads the master catalog and continues from its
- * version. A client adds its own uploads to its copy at once. Evictions (TTL,
+ * version. A changed epoch (Redis restarted empty, or a rebuild recreated the
+ * list) or a list shorter than the position drops the copy and reloads. A client adds its own uploads to its copy at once. Evictions (TTL,
  * maxmemory) leave stale entries: a GET that then misses is a false positive,
  * and km_redis_catalog_rebuild (periodic, and `kvmesh catalog rebuild`)
- * rebuilds the master from the keys actually present. */
+ * rebuilds the master from the keys actually present (and replaces a list
+ * key holding another type of value, with a new epoch). */
 #ifndef KVMESH_REDIS_TIER_H
 #define KVMESH_REDIS_TIER_H
 
