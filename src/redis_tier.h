@@ -33,7 +33,8 @@
  * A sync fetches only the list entries past the position it has (the delta);
  * every full_refresh_ms it reloads the master catalog and continues from its
  * version. A changed epoch (Redis restarted empty, or a rebuild recreated the
- * list) or a list shorter than the position drops the copy and reloads. A client adds its own uploads to its copy at once. Evictions (TTL,
+ * list) or a list shorter than the position drops the copy and reloads. A
+ * client adds its own uploads to its copy at once. Evictions (TTL,
  * maxmemory) leave stale entries: a GET that then misses is a false positive,
  * and km_redis_catalog_rebuild (periodic, and `kvmesh catalog rebuild`)
  * rebuilds the master from the keys actually present (and replaces a list
