@@ -16,6 +16,9 @@
 #define BACKOFF_MAX_MS 5000
 #define CATALOG_MAX ((size_t)64 << 20) /* largest master catalog read */
 #define EPOCH_LEN (2 * KM_KEY_LEN)      /* hex digits of a catalog epoch */
+/* Redis's memory for an upload list of n keys (16-byte strings) is about
+ * 18 bytes each plus ~150 (7.0, MEMORY USAGE): more than this is not keys. */
+#define LIST_BYTES_MAX(n) (32 * (n) + 4096)
 
 /* One connection with its own down/backoff state. The request path and the
  * writer thread each own one: hiredis contexts are not thread-safe, and an
@@ -393,17 +396,20 @@ static int load_master(km_redis *r, uint64_t list_len, km_error *err) {
     return rc;
 }
 
-/* Add the list entries past cat_pos. */
-static int load_delta(km_redis *r, km_error *err) {
+/* Add the list entries past cat_pos, up to end (the length it was checked
+ * at: entries pushed since are left to the next sync). */
+static int load_delta(km_redis *r, uint64_t end, km_error *err) {
     char k[128];
     ns_key(r, "added", k, sizeof k);
     for (;;) {
         pthread_mutex_lock(&r->cat_lock);
         uint64_t pos = r->cat_pos;
         pthread_mutex_unlock(&r->cat_lock);
+        if (pos >= end) return 0;
+        uint64_t last = end - pos > 4096 ? pos + 4095 : end - 1;
         double t0 = km_now_ms();
         redisReply *rep = command(r, &r->sync, err, "catalog LRANGE", "LRANGE %s %llu %llu", k, (unsigned long long)pos,
-                                  (unsigned long long)pos + 4095);
+                                  (unsigned long long)last);
         if (!rep) return -1;
         if (rep->type != REDIS_REPLY_ARRAY) {
             freeReplyObject(rep);
@@ -431,7 +437,7 @@ static int load_delta(km_redis *r, km_error *err) {
         r->st.catalog_delta_keys += n;
         r->st.catalog_bytes_down += bytes;
         pthread_mutex_unlock(&r->q_lock);
-        if (n < 4096) return 0;
+        if (n == 0) return 0; /* shorter than it was: the next sync resets */
     }
 }
 
@@ -443,6 +449,19 @@ static void new_epoch(char out[EPOCH_LEN + 1]) {
         km_put_u64(k.b + 8, (uint64_t)getpid());
     }
     km_key_hex(k, out);
+}
+
+/* Whether the upload list (of len entries) holds more than keys: LRANGE
+ * reads its entries whole, and Redis allows 512 MB each. 1 yes, 0 no or
+ * unknown (MEMORY not allowed or not there: then unchecked), -1 down. */
+static int list_bloated(km_redis *r, const char *lk, uint64_t len, km_error *err) {
+    redisReply *rep = command(r, &r->sync, err, "catalog MEMORY", "MEMORY USAGE %s SAMPLES 0", lk);
+    if (!rep) return -1;
+    int rc = rep->type == REDIS_REPLY_INTEGER && (uint64_t)rep->integer > LIST_BYTES_MAX(len);
+    if (rc) km_error_set(err, "catalog list %s holds %lld bytes for %llu entries: more than keys "
+                         "(`kvmesh catalog rebuild` repairs it)", lk, rep->integer, (unsigned long long)len);
+    freeReplyObject(rep);
+    return rc;
 }
 
 /* The catalog's epoch and the upload list's length. The epoch is a random
@@ -510,7 +529,13 @@ int km_redis_catalog_sync(km_redis *r, bool force_full, km_error *err) {
         r->has_epoch = true;
         if (force_full || r->last_full_ms == 0 || km_now_ms() - r->last_full_ms >= r->p.full_refresh_ms)
             load_master(r, list_len, err); /* an invalid master is reported; the delta still runs */
-        rc = load_delta(r, err);
+        /* entries to read: checked for what is not a key first */
+        char lk[128];
+        ns_key(r, "added", lk, sizeof lk);
+        pthread_mutex_lock(&r->cat_lock);
+        bool delta = list_len > r->cat_pos;
+        pthread_mutex_unlock(&r->cat_lock);
+        rc = delta && list_bloated(r, lk, list_len, err) != 0 ? -1 : load_delta(r, list_len, err);
     }
     pthread_mutex_unlock(&r->sync_lock);
     pthread_mutex_lock(&r->q_lock);
@@ -546,20 +571,27 @@ int km_redis_catalog_rebuild(km_redis *r, uint32_t *n_keys, km_error *err) {
      * past it, which every client adds on top of the master anyway. */
     uint64_t pos = 0;
     redisReply *rep = command(r, &r->sync, err, "LLEN", "LLEN %s", list);
-    if (rep && rep->type == REDIS_REPLY_ERROR && strncmp(rep->str, "WRONGTYPE", 9) == 0) {
-        /* Some other value sits where the list belongs: no upload could be
-         * listed. Start a new list (at position 0); the SCAN below finds
-         * every state. */
-        km_warn("catalog list %s is not a list: deleting it, the catalog is rebuilt from the states present", list);
-        freeReplyObject(rep);
-        rep = expect_type(command(r, &r->sync, err, "DEL", "DEL %s", list), REDIS_REPLY_INTEGER, "DEL", err);
-        recreated = true;
-    } else {
+    bool wrong_type = rep && rep->type == REDIS_REPLY_ERROR && strncmp(rep->str, "WRONGTYPE", 9) == 0;
+    if (!wrong_type) {
         rep = expect_type(rep, REDIS_REPLY_INTEGER, "LLEN", err);
-        if (rep) pos = (uint64_t)rep->integer;
+        if (!rep) goto out;
+        pos = (uint64_t)rep->integer;
     }
-    if (!rep) goto out;
     freeReplyObject(rep);
+    int bloated = wrong_type || pos == 0 ? 0 : list_bloated(r, list, pos, err);
+    if (bloated < 0) goto out;
+    if (wrong_type || bloated) {
+        /* Some other value where the list belongs (no upload could be
+         * listed), or entries that are not keys (no client reads it): start
+         * a new list, at position 0; the SCAN below finds every state. */
+        km_warn("catalog list %s %s: deleting it, the catalog is rebuilt from the states present", list,
+                wrong_type ? "is not a list" : "holds more than keys");
+        rep = expect_type(command(r, &r->sync, err, "DEL", "DEL %s", list), REDIS_REPLY_INTEGER, "DEL", err);
+        if (!rep) goto out;
+        freeReplyObject(rep);
+        pos = 0;
+        recreated = true;
+    }
     char cursor[32] = "0";
     do {
         rep = expect_type(command(r, &r->sync, err, "SCAN", "SCAN %s MATCH %s COUNT 1000", cursor, pattern),
@@ -601,8 +633,7 @@ int km_redis_catalog_rebuild(km_redis *r, uint32_t *n_keys, km_error *err) {
     cat = NULL;
     r->cat_pos = pos;
     pthread_mutex_unlock(&r->cat_lock);
-    r->last_rebuild_ms = km_now_ms();
-    load_delta(r, err);
+    r->last_rebuild_ms = r->last_full_ms = km_now_ms(); /* the copy is the master now */
     pthread_mutex_lock(&r->q_lock);
     r->st.catalog_rebuilds++;
     pthread_mutex_unlock(&r->q_lock);
@@ -610,6 +641,10 @@ int km_redis_catalog_rebuild(km_redis *r, uint32_t *n_keys, km_error *err) {
 out:
     pthread_mutex_unlock(&r->sync_lock);
     km_catalog_free(cat);
+    if (rc == 0) {
+        km_error e; /* uploads since the list length was taken: a sync's delta (it may fail: the rebuild did not) */
+        km_redis_catalog_sync(r, false, &e);
+    }
     return rc;
 }
 
@@ -622,6 +657,7 @@ bool km_redis_maybe_has(km_redis *r, km_key key) {
 
 static void *syncer_main(void *arg) {
     km_redis *r = arg;
+    bool warned = false;
     pthread_mutex_lock(&r->q_lock);
     while (!r->stop) {
         pthread_mutex_unlock(&r->q_lock);
@@ -630,7 +666,14 @@ static void *syncer_main(void *arg) {
             uint32_t n;
             if (km_redis_catalog_rebuild(r, &n, &e) != 0) r->last_rebuild_ms = km_now_ms(); /* retry next period */
         }
-        km_redis_catalog_sync(r, false, &e);
+        /* An outage is reported by the connection; what else keeps the copy
+         * from syncing (a broken upload list) is reported once, until fixed. */
+        bool failed = km_redis_catalog_sync(r, false, &e) != 0;
+        pthread_mutex_lock(&r->sync_lock);
+        failed = failed && r->sync.ctx != NULL;
+        pthread_mutex_unlock(&r->sync_lock);
+        if (failed && !warned) km_warn("Redis at %s:%d: catalog not synced: %s", r->host, r->port, e.msg);
+        warned = failed;
         pthread_mutex_lock(&r->q_lock);
         if (r->stop) break;
         km_cond_wait_ms(&r->sync_cond, &r->q_lock, r->p.sync_period_ms);

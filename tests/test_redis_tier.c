@@ -519,6 +519,19 @@ static void test_rebuild_repairs_wrong_typed_list(void **state) {
     assert_int_equal(km_redis_flush(a, 5000), 0);
     assert_int_equal(km_redis_catalog_sync(b, false, &err), -1);
     assert_non_null(strstr(err.msg, "is not a list"));
+    /* a background syncer says so, once (it used to be silent) */
+    int level = km_log_level;
+    km_log_level = 0;
+    tu_stderr_begin();
+    km_redis *bg = open_tier_sync(port, NULL, 0, 0, 20);
+    usleep(300 * 1000);
+    km_redis_close(bg, 100);
+    char *log = tu_stderr_end();
+    km_log_level = level;
+    const char *w = strstr(log, "catalog not synced: catalog list kvmesh:v1:aa0102030405060708090a0b0c0d0ebb:added is not a list");
+    if (!w) fail_msg("no warning: '%s'", log);
+    assert_null(strstr(w + 1, "catalog not synced"));
+    free(log);
 
     uint32_t n = 0;
     if (km_redis_catalog_rebuild(a, &n, &err) != 0) fail_msg("rebuild: %s", err.msg);
@@ -540,6 +553,59 @@ static void test_rebuild_repairs_wrong_typed_list(void **state) {
     for (int i = 0; i < 7; i++) assert_true(km_redis_maybe_has(b, key_n(5000 + i)));
     redisFree(c);
     km_redis_close(b, 100);
+    km_redis_close(a, 1000);
+    tu_redis_stop(pid, 0);
+}
+
+/* A 64 MB entry pushed into the upload list (LRANGE would read it whole, and
+ * 4096 entries at a time): a sync checks the list's memory first and refuses
+ * to read it, and `kvmesh catalog rebuild` replaces the list. */
+static void test_list_with_oversized_entry(void **state) {
+    (void)state;
+    int port = tu_free_port();
+    int pid = tu_redis_start(port, NULL);
+    skip_without_redis(pid);
+    km_error err;
+    km_redis *a = open_tier(port, NULL, 0, 0), *e = open_tier(port, NULL, 0, 0);
+    uint8_t data[64] = {1};
+    for (int i = 0; i < 3; i++) assert_int_equal(km_redis_put_async(a, key_n(6000 + i), data, sizeof data, &err), 0);
+    assert_int_equal(km_redis_flush(a, 5000), 0);
+    assert_int_equal(km_redis_catalog_sync(e, false, &err), 0);
+    assert_int_equal(km_redis_get_stats(e).catalog_version, 3);
+
+    redisContext *c = redisConnect("127.0.0.1", port);
+    freeReplyObject(redisCommand(c, "SELECT 2"));
+    const char *list = "kvmesh:v1:aa0102030405060708090a0b0c0d0ebb:added";
+    freeReplyObject(redisCommand(c, "SETRANGE big %d x", (64 << 20) - 1)); /* made by the server: never in this process */
+    redisReply *rep = redisCommand(c, "EVAL %s 2 %s big", "return redis.call('RPUSH', KEYS[1], redis.call('GET', KEYS[2]))", list);
+    assert_int_equal(rep->integer, 4);
+    freeReplyObject(rep);
+    freeReplyObject(redisCommand(c, "DEL big"));
+    assert_int_equal(km_redis_put_async(a, key_n(6003), data, sizeof data, &err), 0);
+    assert_int_equal(km_redis_flush(a, 5000), 0);
+
+    long rss0 = max_rss_kb();
+    assert_int_equal(km_redis_catalog_sync(e, false, &err), -1);
+    assert_non_null(strstr(err.msg, "more than keys"));
+    assert_true(max_rss_kb() - rss0 < 16 * 1024);
+    assert_int_equal(km_redis_get_stats(e).catalog_version, 3);
+
+    uint32_t n = 0;
+    if (km_redis_catalog_rebuild(a, &n, &err) != 0) fail_msg("rebuild: %s", err.msg);
+    assert_int_equal(n, 4);
+    assert_true(max_rss_kb() - rss0 < 16 * 1024);
+    rep = redisCommand(c, "EXISTS %s", list);
+    assert_int_equal(rep->integer, 0);
+    freeReplyObject(rep);
+    assert_int_equal(km_redis_put_async(a, key_n(6004), data, sizeof data, &err), 0);
+    assert_int_equal(km_redis_flush(a, 5000), 0);
+    assert_int_equal(km_redis_catalog_sync(e, false, &err), 0);
+    km_redis_stats st = km_redis_get_stats(e);
+    assert_int_equal(st.catalog_resets, 1);
+    assert_int_equal(st.catalog_version, 1);
+    for (int i = 0; i < 5; i++) assert_true(km_redis_maybe_has(e, key_n(6000 + i)));
+    redisFree(c);
+    km_redis_close(e, 100);
     km_redis_close(a, 1000);
     tu_redis_stop(pid, 0);
 }
@@ -676,6 +742,7 @@ int main(void) {
         cmocka_unit_test(test_catalog_sync_and_rebuild),
         cmocka_unit_test(test_catalog_resync_after_empty_restart),
         cmocka_unit_test(test_rebuild_repairs_wrong_typed_list),
+        cmocka_unit_test(test_list_with_oversized_entry),
         cmocka_unit_test(test_link_shapes_transfers),
         cmocka_unit_test(test_upload_compressed),
     };
