@@ -38,7 +38,10 @@
  * maxmemory) leave stale entries: a GET that then misses is a false positive,
  * and km_redis_catalog_rebuild (periodic, and `kvmesh catalog rebuild`)
  * rebuilds the master from the keys actually present (and replaces a list
- * key holding another type of value, with a new epoch). */
+ * key holding another type of value or more than keys, with a new epoch).
+ * Nothing a Redis writer stores is read whole beyond a bound: a state value
+ * up to the caller's bound (km_redis_get), the master up to 64 MiB, new list
+ * entries only once the list's memory shows nothing but keys. */
 #ifndef KVMESH_REDIS_TIER_H
 #define KVMESH_REDIS_TIER_H
 
