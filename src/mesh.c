@@ -253,13 +253,14 @@ static bool remote_maybe_has(void *ud, km_key key) {
     return km_catalog_check(r->cat->cat, key); /* the catalog never changes once installed */
 }
 
-static int remote_get(void *ud, km_key key, uint8_t **blob, size_t *len, km_error *err) {
+static int remote_get(void *ud, km_key key, size_t max_len, uint8_t **blob, size_t *len, km_error *err) {
     peer_remote *r = ud;
     char path[64], hex[2 * KM_KEY_LEN + 1];
     km_key_hex(key, hex);
     snprintf(path, sizeof path, "/peer/v1/state/%s", hex);
     long status = 0;
-    int rc = peer_call(r->m, "GET", r->addr, path, NULL, 0, r->m->p.max_blob, &status, blob, len, err);
+    size_t max = max_len < r->m->p.max_blob ? max_len : r->m->p.max_blob;
+    int rc = peer_call(r->m, "GET", r->addr, path, NULL, 0, max, &status, blob, len, err);
     if (rc != 0) return rc;
     if (status == 200) return 0;
     free(*blob);

@@ -70,7 +70,8 @@ typedef struct node_metrics {
     km_counter *completed, *failed, *cancelled, *refused;
     km_counter *hit_local, *hit_redis, *hit_peer, *hit_none;
     km_counter *tok_reused, *tok_prefilled, *tok_generated;
-    km_counter *bytes_redis, *bytes_peer, *false_pos, *rejected, *unauthenticated, *hint_mismatches, *planned_skips;
+    km_counter *bytes_redis, *bytes_peer, *false_pos, *rejected, *unauthenticated, *hint_mismatches, *planned_skips,
+        *merged_bounds;
     km_histogram *ttft, *ttlt, *queue_wait;
 } node_metrics;
 
@@ -433,6 +434,7 @@ static void record(km_node *n, const km_result *r, km_finish f) {
     km_counter_add(m->unauthenticated, p->n_unauthenticated);
     km_counter_add(m->hint_mismatches, p->n_hint_mismatches);
     km_counter_add(m->planned_skips, p->n_planned_skips);
+    km_counter_add(m->merged_bounds, p->n_bounds_merged);
     km_histogram_observe(m->ttft, r->ttft_ms / 1000.0);
     km_histogram_observe(m->ttlt, r->ttlt_ms / 1000.0);
 }
@@ -605,7 +607,7 @@ int km_node_plan(km_node *n, const char *const *segs, int n_segs, bool special, 
         km_prompt_plan_free(out);
         return km_error_set(err, "out of memory");
     }
-    out->n_bounds = km_boundaries(ends, n_segs > 1 ? n_segs : 0, out->n_tokens, n->p.block_size, out->bounds);
+    out->n_bounds = km_boundaries(ends, n_segs > 1 ? n_segs : 0, out->n_tokens, n->p.block_size, out->bounds, NULL);
     km_keys_for_boundaries(km_ctx_root_key(n->workers[0].ctx, n->p.salt), toks, out->bounds, out->n_bounds, out->keys);
     free(toks);
     free(ends);
@@ -710,6 +712,8 @@ static void metrics_register(km_node *n) {
                                             "(the state was removed)", NULL);
     m->planned_skips = km_metrics_counter(M, "kvmesh_planner_skipped_fetches_total",
                                           "Remote states not fetched because recomputing was estimated faster", NULL);
+    m->merged_bounds = km_metrics_counter(M, "kvmesh_merged_boundaries_total",
+                                          "Segment ends not cached because the prompt had too many (prefix.h)", NULL);
     m->ttft = km_metrics_histogram(M, "kvmesh_ttft_seconds", "Time to first token (from a worker taking the request)",
                                    NULL, km_metrics_latency_buckets, km_metrics_n_latency_buckets);
     m->ttlt = km_metrics_histogram(M, "kvmesh_ttlt_seconds", "Time to last token (from a worker taking the request)",

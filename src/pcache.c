@@ -133,8 +133,8 @@ static bool redis_maybe_has(void *ud, km_key key) {
     return r->skip_catalog || km_redis_maybe_has(r->redis, key);
 }
 
-static int redis_get(void *ud, km_key key, uint8_t **blob, size_t *len, km_error *err) {
-    return km_redis_get(((redis_src *)ud)->redis, key, blob, len, err);
+static int redis_get(void *ud, km_key key, size_t max_len, uint8_t **blob, size_t *len, km_error *err) {
+    return km_redis_get(((redis_src *)ud)->redis, key, max_len, blob, len, err);
 }
 
 static void redis_reject(void *ud, km_key key, const char *why) {
@@ -196,11 +196,22 @@ static int by_estimate(const void *a, const void *b) {
     return x->src - y->src;               /* then local, Redis, peers in order */
 }
 
+/* The largest blob a state of n_tokens tokens can be on this context: its
+ * exact size uncompressed (compression only ever shrinks it), capped by
+ * max_blob; max_blob when the state layout is unknown. */
+static size_t blob_bound(km_ctx *c, int n_tokens, size_t max_blob) {
+    size_t state = km_state_size_estimate(c, n_tokens);
+    if (state == 0) return max_blob;
+    size_t b = km_blob_size((uint32_t)n_tokens, state);
+    return b < max_blob ? b : max_blob;
+}
+
 /* Fetch the blob of a candidate: 0 got it, 1 nothing usable. *trusted: its
- * origin is trusted (see Trust in pcache.h). A remote blob is authenticated
- * here, before anything else reads it. */
-static int fetch_blob(km_store *store, const sources *S, km_key key, int src, uint8_t **blob, size_t *len,
-                      bool *trusted, km_prefill_report *rep) {
+ * origin is trusted (see Trust in pcache.h). A remote value larger than
+ * max_len is rejected unread; a remote blob is authenticated here, before
+ * anything else reads it. */
+static int fetch_blob(km_store *store, const sources *S, km_key key, int src, size_t max_len, uint8_t **blob,
+                      size_t *len, bool *trusted, km_prefill_report *rep) {
     km_error e;
     *trusted = false;
     if (src < 0) {
@@ -210,7 +221,7 @@ static int fetch_blob(km_store *store, const sources *S, km_key key, int src, ui
     }
     const km_remote *r = &S->all[src];
     double t0 = km_now_ms();
-    int rc = r->get(r->ud, key, blob, len, &e);
+    int rc = r->get(r->ud, key, max_len, blob, len, &e);
     double dt = km_now_ms() - t0;
     rep->t_remote_ms += dt;
     rep->n_remote_gets++;
@@ -303,7 +314,8 @@ static int restore_best(km_ctx *c, km_store *store, const sources *S, int seq, c
         uint8_t *blob = NULL;
         size_t len = 0;
         bool trusted;
-        if (fetch_blob(store, S, keys[i], src, &blob, &len, &trusted, rep) != 0) continue;
+        if (fetch_blob(store, S, keys[i], src, blob_bound(c, bounds[i], o->max_blob), &blob, &len, &trusted, rep) != 0)
+            continue;
         km_error e;
         km_blob_info info;
         double t0 = km_now_ms();
@@ -519,11 +531,15 @@ int km_pcache_run(km_ctx *c, km_store *store, int seq, const km_request *req, km
         return km_error_set(err, "prompt (%d tokens) + %d to generate exceed the context size %d", n, req->n_predict, n_ctx);
     }
     int *bounds = malloc((size_t)n * sizeof *bounds);
-    int nb = km_boundaries(ends, req->segment_bounds ? req->n_segs : 0, n, req->block_size, bounds);
+    int merged;
+    int nb = km_boundaries(ends, req->segment_bounds ? req->n_segs : 0, n, req->block_size, bounds, &merged);
+    if (merged) km_debug("%d of the prompt's segment ends or blocks merged (at most %d boundaries)", merged, KM_MAX_BOUNDS);
     km_pcache_opts o = req->opts ? *req->opts : km_pcache_default_opts();
     /* the hint is what greedy decoding picks first: for greedy requests that want a token */
     o.next_hint = req->sampling.temp <= 0 && req->n_predict > 0;
-    if (km_pcache_prefill(c, store, seq, tokens, n, bounds, nb, &o, &res->prefill, err) == 0) {
+    int prc = km_pcache_prefill(c, store, seq, tokens, n, bounds, nb, &o, &res->prefill, err);
+    res->prefill.n_bounds_merged = merged;
+    if (prc == 0) {
         km_sampler *s = km_sampler_init(&req->sampling);
         run_timer t = {req, 0, 0, 0};
         if (res->prefill.next_hint >= 0)

@@ -48,9 +48,11 @@ typedef struct km_remote {
     void *ud;
     /* Catalog check, no I/O: may the holder have key? */
     bool (*maybe_has)(void *ud, km_key key);
-    /* Fetch: 0 got it (*blob malloc'd), 1 not there (a catalog false
-     * positive), 2 a value that can never be a blob, -1 error. */
-    int (*get)(void *ud, km_key key, uint8_t **blob, size_t *len, km_error *err);
+    /* Fetch a blob of at most max_len bytes (the largest the key's state can
+     * be; a larger value is never read whole): 0 got it (*blob malloc'd),
+     * 1 not there (a catalog false positive), 2 a value that can never be a
+     * blob (e.g. larger), -1 error. */
+    int (*get)(void *ud, km_key key, size_t max_len, uint8_t **blob, size_t *len, km_error *err);
     /* A fetched blob failed validation (or was unusable): tell the holder's side. */
     void (*reject)(void *ud, km_key key, const char *why);
     /* Copy of the measured link to the holder (for the planner). */
@@ -84,6 +86,7 @@ km_pcache_opts km_pcache_default_opts(void);
 typedef struct km_prefill_report {
     int n_prompt;        /* prompt tokens */
     int n_bounds;        /* boundaries (the last is n_prompt - 1) */
+    int n_bounds_merged; /* segment ends or blocks left out: at most KM_MAX_BOUNDS per prompt (km_pcache_run) */
     int hit_index;       /* boundary restored from (0-based), -1 on a miss */
     int hit_tier;        /* KM_TIER_* the restored state came from */
     int hit_remote;      /* index into opts->remotes of a KM_TIER_PEER hit, else -1 */

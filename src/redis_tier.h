@@ -35,13 +35,21 @@
  *                               (pushed in the same round trip as the SET)
  *     kvmesh:v1:<fp>:catalog    the master catalog (km_catalog wire format);
  *                               its version = how many list entries it covers
+ *     kvmesh:v1:<fp>:epoch      a random token naming the current list (SET NX
+ *                               by the first client to find none)
  *
  * A sync fetches only the list entries past the position it has (the delta);
  * every full_refresh_ms it reloads the master catalog and continues from its
- * version. A client adds its own uploads to its copy at once. Evictions (TTL,
+ * version. A changed epoch (Redis restarted empty, or a rebuild recreated the
+ * list) or a list shorter than the position drops the copy and reloads. A
+ * client adds its own uploads to its copy at once. Evictions (TTL,
  * maxmemory) leave stale entries: a GET that then misses is a false positive,
  * and km_redis_catalog_rebuild (periodic, and `kvmesh catalog rebuild`)
- * rebuilds the master from the keys actually present. */
+ * rebuilds the master from the keys actually present (and replaces a list
+ * key holding another type of value or more than keys, with a new epoch).
+ * Nothing a Redis writer stores is read whole beyond a bound: a state value
+ * up to the caller's bound (km_redis_get), the master up to 64 MiB, new list
+ * entries only once the list's memory shows nothing but keys. */
 #ifndef KVMESH_REDIS_TIER_H
 #define KVMESH_REDIS_TIER_H
 
@@ -85,6 +93,7 @@ typedef struct km_redis_stats {
     bool up;                  /* last known state of the connection */
     uint64_t catalog_version;   /* list position the local copy covers */
     uint64_t catalog_syncs, catalog_full_loads, catalog_delta_keys, catalog_rebuilds;
+    uint64_t catalog_resets;     /* copies dropped because the upload list was reset (Redis restarted empty) */
     uint64_t catalog_bytes_down; /* catalog transfer: master loads + deltas */
     size_t catalog_bytes;       /* size of the local copy's filter */
 } km_redis_stats;
@@ -102,10 +111,12 @@ km_redis *km_redis_open(const km_redis_params *p, const uint8_t fingerprint[KM_F
 /* Flush uploads (waiting at most flush_ms), report unsent ones, disconnect, free. */
 void km_redis_close(km_redis *r, int flush_ms);
 
-/* GET the blob of key: 0 hit (*blob malloc'd), 1 miss, 2 a value that cannot
- * be a blob (over max_blob, or not a string: the caller deletes it), -1 error
- * or tier down. */
-int km_redis_get(km_redis *r, km_key key, uint8_t **blob, size_t *len, km_error *err);
+/* GET the blob of key, if at most max_len bytes (0: max_blob; the caller
+ * knows the largest state its key can name): 0 hit (*blob malloc'd), 1 miss,
+ * 2 a value that cannot be a blob (larger, or not a string: the caller
+ * deletes it), -1 error or tier down. Reads at most max_len + 1 bytes of a
+ * value, whatever its size. */
+int km_redis_get(km_redis *r, km_key key, size_t max_len, uint8_t **blob, size_t *len, km_error *err);
 /* Queue an upload (copies blob). Returns -1 if refused (too large). */
 int km_redis_put_async(km_redis *r, km_key key, const uint8_t *blob, size_t len, km_error *err);
 /* Delete a key (e.g. a blob that failed validation). Synchronous. */

@@ -30,11 +30,14 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "blob.h"
@@ -242,7 +245,7 @@ km_store_params km_store_default_params(void) {
     memset(&p, 0, sizeof p);
     p.ram_budget = (size_t)256 << 20;
     p.disk_dir = NULL;
-    p.disk_budget = 0;
+    p.disk_budget = (uint64_t)4096 << 20;
     p.max_blob_size = (size_t)1 << 30;
     p.compress_level = 1;
     return p;
@@ -544,16 +547,30 @@ static bool parse_entry_name(const char *name, km_key *k) {
     return km_key_from_hex(hex, k) == 0;
 }
 
-/* "<32 hex>.kvb.<pid>.tmp": what km_write_file_atomic leaves behind when the
- * process dies mid-write. Other *.tmp files are not ours and stay. */
-static bool is_temp_name(const char *name) {
+/* "<32 hex>.kvb.<pid>.tmp": the temp file of km_write_file_atomic, written by
+ * process pid. Other *.tmp files are not ours and stay. */
+static bool parse_temp_name(const char *name, long *pid) {
     size_t n = strlen(name), pre = HEX_LEN + strlen(KVB_SUFFIX ".");
-    if (n <= pre + strlen(".tmp") || !is_lower_hex(name, HEX_LEN)) return false;
+    if (n <= pre + strlen(".tmp") || n - pre - strlen(".tmp") > 9 || !is_lower_hex(name, HEX_LEN)) return false;
     if (strncmp(name + HEX_LEN, KVB_SUFFIX ".", strlen(KVB_SUFFIX ".")) != 0) return false;
     if (strcmp(name + n - 4, ".tmp") != 0) return false;
-    for (size_t i = pre; i < n - 4; i++)
+    *pid = 0;
+    for (size_t i = pre; i < n - 4; i++) {
         if (name[i] < '0' || name[i] > '9') return false;
-    return true;
+        *pid = *pid * 10 + (name[i] - '0');
+    }
+    return *pid > 0;
+}
+
+/* Whether a temp file is a leftover of a dead writer. Another process may be
+ * writing it right now (two `kvmesh run` sharing the default directory), so
+ * it goes only when its writer is gone, or when it was not written to for
+ * TEMP_STALE_S (its pid then belongs to some other process by now). */
+#define TEMP_STALE_S 3600
+static bool temp_is_orphan(int dfd, const char *name, long pid) {
+    if (kill((pid_t)pid, 0) != 0 && errno == ESRCH) return true;
+    struct stat st;
+    return fstatat(dfd, name, &st, 0) == 0 && time(NULL) - st.st_mtime > TEMP_STALE_S;
 }
 
 typedef struct scanned {
@@ -579,8 +596,9 @@ static int disk_scan(km_store *s, km_error *err) {
     while ((e = readdir(d)) != NULL) {
         km_key k;
         struct stat st;
-        if (is_temp_name(e->d_name)) {
-            if (unlinkat(dirfd(d), e->d_name, 0) == 0) temps++;
+        long pid;
+        if (parse_temp_name(e->d_name, &pid)) {
+            if (temp_is_orphan(dirfd(d), e->d_name, pid) && unlinkat(dirfd(d), e->d_name, 0) == 0) temps++;
             continue;
         }
         if (!parse_entry_name(e->d_name, &k)) continue;
@@ -607,7 +625,7 @@ static int disk_scan(km_store *s, km_error *err) {
         n++;
     }
     closedir(d);
-    if (temps) km_info("store: %s: removed %zu unfinished write(s) of an earlier run", s->dir, temps);
+    if (temps) km_info("store: %s: removed %zu unfinished write(s) of writers that are gone", s->dir, temps);
 
     if (n) qsort(f, n, sizeof *f, cmp_mtime); /* oldest first, so the newest ends up at the head */
     for (size_t i = 0; i < n; i++) {
@@ -729,6 +747,25 @@ int km_store_put_untrusted(km_store *s, km_key key, const uint8_t *blob, size_t 
     return store_put(s, key, blob, len, false, err);
 }
 
+/* Mark k's file as just used. Its modification time is the disk tier's
+ * recency when a store opens (disk_scan), and `kvmesh run` serves one request
+ * per process: without this, use would never count across runs. A file gone
+ * meanwhile (evicted) has nothing to mark. Setting the time changes the
+ * file's ctime too: a file that was still this process's own just before is
+ * recorded with its new ctime, so our own touch does not make it foreign. */
+static void disk_touch(km_store *s, km_key k) {
+    char path[PATH_CAP];
+    key_path(s, k, path);
+    struct stat before, after;
+    if (stat(path, &before) != 0 || utimensat(AT_FDCWD, path, NULL, 0) != 0 || stat(path, &after) != 0) return;
+    pthread_mutex_lock(&s->lock);
+    node *d = lru_find(&s->disk, k);
+    if (d && disk_same_file(d, &before, (size_t)before.st_size) && after.st_ino == before.st_ino &&
+        after.st_size == before.st_size)
+        d->ctime = after.st_ctim;
+    pthread_mutex_unlock(&s->lock);
+}
+
 static int copy_out(const blobbuf *b, uint8_t **blob, size_t *len, km_error *err) {
     uint8_t *c = malloc(b->len ? b->len : 1);
     if (!c) return km_error_set(err, "store: out of memory copying %zu bytes", b->len);
@@ -782,6 +819,7 @@ static int disk_read(km_store *s, km_key key, uint64_t gen, uint8_t **blob, size
     }
     buf_unref(b);
     pthread_mutex_unlock(&s->lock);
+    disk_touch(s, key);
     *blob = data;
     *len = n;
     return 0;
@@ -808,6 +846,7 @@ int km_store_get_origin(km_store *s, km_key key, uint8_t **blob, size_t *len, bo
         *trusted = b->trusted;
         buf_ref(b);
         pthread_mutex_unlock(&s->lock);
+        if (d) disk_touch(s, key);
         int rc = copy_out(b, blob, len, err);
         pthread_mutex_lock(&s->lock);
         buf_unref(b);

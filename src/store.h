@@ -1,9 +1,15 @@
 /* store.h -- the local state store: a RAM tier and a disk tier, keyed by prefix key.
  *
  * RAM tier: an LRU under a byte budget. Disk tier (optional): one file per key,
- * <dir>/<key hex>.kvb, survives restarts. Disk writes are crash-safe (temp file,
+ * <dir>/<key hex>.kvb, survives restarts; an LRU under its own byte budget,
+ * evicted by the writer thread before it writes. Its recency order is kept in
+ * memory and in the files' modification times (a get marks the file), so it
+ * holds across processes too. Disk writes are crash-safe (temp file,
  * fsync, rename, directory fsync): a half-written entry is never served, and
- * leftover temp files are removed when a store opens.
+ * when a store opens it removes the temp files of writers that are gone (dead
+ * pid, or untouched for an hour); a live writer's, e.g. another `kvmesh run`
+ * sharing the directory, stays. Directories shared between hosts (NFS) are
+ * not supported: a pid names a process of this host only.
  *
  * Puts go to RAM at once and to disk on a background writer thread, so a put
  * never waits for the disk (it sits on the prefill path). km_store_flush waits
@@ -40,7 +46,7 @@ typedef struct km_store km_store;
 typedef struct km_store_params {
     size_t ram_budget;     /* bytes of blob data kept in RAM (default 256 MiB; 0 = no RAM tier) */
     const char *disk_dir;  /* NULL = no disk tier; created if missing */
-    uint64_t disk_budget;  /* bytes on disk (0 = unlimited); oldest-used files go first */
+    uint64_t disk_budget;  /* bytes on disk (default 4 GiB; 0 = unlimited); least recently used files go first */
     size_t max_blob_size;  /* larger puts and files are refused (default, and 0: 1 GiB) */
     int compress_level;    /* zstd level of state blobs written to disk (default 1; 0 = as given) */
 } km_store_params;

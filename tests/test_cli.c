@@ -1,11 +1,14 @@
 /* test_cli.c -- the kvmesh command line as a user meets it. */
 #include <dirent.h>
+#include <hiredis/hiredis.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
+#include "catalog.h"
 #include "testutil.h"
 #include "util.h"
 
@@ -211,9 +214,151 @@ static void test_run_with_shared_store(void **state) {
     snprintf(args, sizeof args, "catalog rebuild --store redis://127.0.0.1:%d --model '%s'", port, tu_model("tiny-f16.gguf"));
     assert_int_equal(kvmesh(args), 0);
     assert_out_has("from 3 state(s)");
+    /* a hash where the upload list belongs: the rebuild repairs it (it failed with WRONGTYPE) */
+    redisContext *c = redisConnect("127.0.0.1", port);
+    redisReply *r = redisCommand(c, "KEYS kvmesh:v1:*:added");
+    assert_int_equal(r->elements, 1);
+    char list[128];
+    snprintf(list, sizeof list, "%s", r->element[0]->str);
+    freeReplyObject(r);
+    freeReplyObject(redisCommand(c, "DEL %s", list));
+    freeReplyObject(redisCommand(c, "HSET %s a b", list));
+    assert_int_equal(kvmesh(args), 0);
+    assert_out_has("is not a list: deleting it");
+    assert_out_has("from 3 state(s)");
+    r = redisCommand(c, "EXISTS %s", list);
+    assert_int_equal(r->integer, 0);
+    freeReplyObject(r);
+    redisFree(c);
     assert_int_equal(kvmesh("catalog rebuild --store http://x --model /etc/hostname"), 1);
     assert_out_has("redis://");
     tu_redis_stop(pid, 0);
+    tu_rmtree(dir);
+    free(dir);
+}
+
+/* Bytes and count of the state files (*.kvb) in dir. */
+static long long dir_states(const char *dir, int *n_files) {
+    DIR *d = opendir(dir);
+    assert_non_null(d);
+    struct dirent *e;
+    long long bytes = 0;
+    *n_files = 0;
+    while ((e = readdir(d))) {
+        size_t l = strlen(e->d_name);
+        if (l < 4 || strcmp(e->d_name + l - 4, ".kvb") != 0) continue;
+        char path[4200];
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        struct stat st;
+        assert_int_equal(stat(path, &st), 0);
+        bytes += st.st_size;
+        (*n_files)++;
+    }
+    closedir(d);
+    return bytes;
+}
+
+#define SMALL_BUDGET "0.02" /* MB: 20971 bytes, three of these prompts' states (about 6 kB each) */
+static const char *budget_prompts[] = {"Alpha beta gamma delta epsilon zeta eta theta",
+                                       "One two three four five six seven eight",
+                                       "Red orange yellow green blue indigo violet",
+                                       "North south east west up down left right",
+                                       "Spring summer autumn winter rain snow sun wind"};
+
+/* `kvmesh run --disk-budget`: the cache directory stays within the budget;
+ * what goes is the state used least recently, across runs (each run is a
+ * process of its own). */
+static void test_run_disk_budget(void **state) {
+    (void)state;
+    char *dir = tu_tmpdir();
+    char args[9000];
+#define RUN_PROMPT(i)                                                                                                 \
+    (snprintf(args, sizeof args, "run --model '%s' --cache-dir %s --disk-budget " SMALL_BUDGET " -n 2 --prompt '%s'", \
+              tu_model("tiny-f16.gguf"), dir, budget_prompts[i]),                                                     \
+     kvmesh(args))
+    int n;
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(RUN_PROMPT(i), 0);
+        assert_out_has("(miss)");
+    }
+    long long bytes = dir_states(dir, &n);
+    assert_int_equal(n, 3);
+    assert_true(bytes <= 20971);
+    assert_int_equal(RUN_PROMPT(0), 0); /* a use of the oldest */
+    assert_out_has("(boundary 1/1)"); /* a hit (the hint of an earlier run is checked, not used) */
+    assert_int_equal(RUN_PROMPT(3), 0); /* no room: the least recently used (prompt 1) goes */
+    assert_out_has("(miss)");
+    bytes = dir_states(dir, &n);
+    assert_int_equal(n, 3);
+    assert_true(bytes <= 20971);
+    assert_int_equal(RUN_PROMPT(0), 0);
+    assert_out_has("(boundary 1/1)"); /* a hit (the hint of an earlier run is checked, not used) */
+    assert_int_equal(RUN_PROMPT(2), 0);
+    assert_out_has("(boundary 1/1)"); /* a hit (the hint of an earlier run is checked, not used) */
+    assert_int_equal(RUN_PROMPT(1), 0);
+    assert_out_has("(miss)");
+    assert_int_equal(kvmesh("run --model x --prompt hi --disk-budget -1"), 2);
+#undef RUN_PROMPT
+    tu_rmtree(dir);
+    free(dir);
+}
+
+/* `kvmesh node --disk-budget`: the cache directory stays within the budget,
+ * and the node's catalog of local states (what peers are told it holds) is
+ * rebuilt after evictions: it holds exactly the states on disk. */
+static void test_node_disk_budget(void **state) {
+    (void)state;
+    char *dir = tu_tmpdir();
+    const char *args[] = {"--cache-dir", dir, "--ram-budget", "0", "--disk-budget", SMALL_BUDGET, "--ctx", "512", NULL};
+    tu_node node = tu_node_start(tu_model("tiny-f16.gguf"), args);
+    char first[64] = "";
+    for (int i = 0; i < 5; i++) {
+        char body[512];
+        snprintf(body, sizeof body, "{\"prompt\":\"%s\",\"max_tokens\":2,\"temperature\":0}", budget_prompts[i]);
+        tu_resp r = tu_http(node.url, "POST", "/v1/completions", body, NULL);
+        assert_int_equal(r.status, 200);
+        free(r.body);
+        for (int t = 0; i == 0 && !first[0] && t < 200; t++) { /* the first state's file, once written */
+            DIR *d = opendir(dir);
+            struct dirent *e;
+            while ((e = readdir(d)))
+                if (strlen(e->d_name) == 36 && strstr(e->d_name, ".kvb")) snprintf(first, 33, "%.32s", e->d_name);
+            closedir(d);
+            if (!first[0]) usleep(20000);
+        }
+    }
+    assert_true(first[0]);
+    km_key first_key;
+    assert_int_equal(km_key_from_hex(first, &first_key), 0);
+    /* disk writes are behind the answers: wait until the catalog matches the directory */
+    bool match = false;
+    int n = 0;
+    long long bytes = 0;
+    for (int t = 0; t < 100 && !match; t++) {
+        bytes = dir_states(dir, &n);
+        tu_resp r = tu_http(node.url, "GET", "/peer/v1/catalog", NULL, NULL);
+        assert_int_equal(r.status, 200);
+        km_error err;
+        km_catalog *cat = km_catalog_decode((const uint8_t *)r.body, r.len, (size_t)64 << 20, &err);
+        free(r.body);
+        if (!cat) fail_msg("catalog: %s", err.msg);
+        match = n == 3 && (int)km_catalog_count(cat) == n && !km_catalog_check(cat, first_key);
+        DIR *d = opendir(dir);
+        struct dirent *e;
+        while (match && (e = readdir(d))) {
+            km_key k;
+            char hex[33];
+            if (strlen(e->d_name) != 36 || !strstr(e->d_name, ".kvb")) continue;
+            snprintf(hex, sizeof hex, "%.32s", e->d_name);
+            match = km_key_from_hex(hex, &k) == 0 && km_catalog_check(cat, k);
+        }
+        closedir(d);
+        km_catalog_free(cat);
+        if (!match) usleep(100000);
+    }
+    assert_true(match);
+    assert_true(bytes <= 20971);
+    assert_int_equal(tu_node_stop(&node), 0);
     tu_rmtree(dir);
     free(dir);
 }
@@ -225,6 +370,8 @@ int main(void) {
         cmocka_unit_test(test_run_twice_reuses),
         cmocka_unit_test(test_presets_load_and_run),
         cmocka_unit_test(test_run_with_shared_store),
+        cmocka_unit_test(test_run_disk_budget),
+        cmocka_unit_test(test_node_disk_budget),
     };
     return cmocka_run_group_tests_name("cli", tests, NULL, NULL);
 }

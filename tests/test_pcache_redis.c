@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "blob.h"
@@ -35,7 +36,7 @@ static int group_setup(void **state) {
     ctx = km_ctx_init(model, &cp, &err);
     int *ends;
     km_tokenize_segments(model, segs, 3, false, &toks, &n_toks, &ends, &err);
-    nb = km_boundaries(ends, 3, n_toks, 0, bounds);
+    nb = km_boundaries(ends, 3, n_toks, 0, bounds, NULL);
     free(ends);
     nv = km_model_n_vocab(model);
     km_prefill_report rep;
@@ -261,6 +262,45 @@ static void test_bad_blobs_in_redis(void **state) {
     dev_close(&c);
 }
 
+/* A value far larger than any state of its key (64 MB, made by the server)
+ * costs a bounded read: rejected without this process ever holding it,
+ * deleted, and the request falls back to the next prefix with the same answer. */
+static void test_oversized_value_in_redis(void **state) {
+    (void)state;
+    need_redis();
+    km_error err;
+    device a = dev_open();
+    km_prefill_report rep;
+    request(&a, &rep);
+    assert_int_equal(km_redis_flush(a.redis, 5000), 0);
+    char k_last[128];
+    state_key(&a, nb - 1, k_last);
+    freeReplyObject(cmd("DEL %s", k_last));
+    redisReply *r = cmd("SETRANGE %s %d x", k_last, (64 << 20) - 1);
+    assert_int_equal(r->integer, 64 << 20);
+    freeReplyObject(r);
+    device b = dev_open();
+    km_redis_catalog_sync(b.redis, false, &err);
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    long rss0 = ru.ru_maxrss;
+    request(&b, &rep);
+    getrusage(RUSAGE_SELF, &ru);
+    assert_true(ru.ru_maxrss - rss0 < 16 * 1024); /* kB: the value is never read whole */
+    assert_int_equal(rep.n_rejected, 1);
+    assert_int_equal(rep.hit_index, nb - 2);
+    assert_int_equal(rep.hit_tier, KM_TIER_REDIS);
+    km_redis_stats st = km_redis_get_stats(b.redis);
+    assert_int_equal(st.bad_values, 1);
+    assert_int_equal(st.deletes, 1);
+    assert_int_equal(km_redis_flush(b.redis, 5000), 0);
+    r = cmd("STRLEN %s", k_last); /* deleted, and b's own snapshot uploaded in its place */
+    assert_true(r->integer > 1000 && r->integer < (1 << 20));
+    freeReplyObject(r);
+    dev_close(&a);
+    dev_close(&b);
+}
+
 static void test_redis_dies_and_returns(void **state) {
     (void)state;
     need_redis();
@@ -445,6 +485,7 @@ int main(void) {
         cmocka_unit_test(test_planner_fetches_only_when_faster),
         cmocka_unit_test(test_bad_blobs_in_redis),
         cmocka_unit_test(test_forged_states_in_redis),
+        cmocka_unit_test(test_oversized_value_in_redis),
         cmocka_unit_test(test_redis_dies_and_returns),
     };
     return cmocka_run_group_tests_name("pcache_redis", tests, group_setup, group_teardown);

@@ -45,6 +45,8 @@ static void node_usage(FILE *f) {
             "      --kv-type TYPE      f16 (default) or q8_0\n"
             "      --cache-dir DIR     disk tier of the state cache (default: none, RAM only)\n"
             "      --ram-budget MB     RAM tier size (default 256)\n"
+            "      --disk-budget MB    disk tier size: least recently used states go first\n"
+            "                          (default 4096; 0 = unlimited)\n"
             "      --store URL         shared tier: redis://[user:password@]host:port[/db]\n"
             "      --store-secret-file F  secret of the shared tier (same file rules as the mesh's):\n"
             "                          states uploaded are MAC'd with it, states fetched must be\n"
@@ -80,9 +82,9 @@ int cmd_node(int argc, char **argv) {
     const char *key_file = NULL, *port_file = NULL, *secret_file = NULL, *advertise = NULL, *store_secret_file = NULL;
     km_mesh_params mp = km_mesh_default_params();
     int insecure = 0;
-    double ram_mb = 256;
+    double ram_mb = 256, disk_mb = (double)(np.store.disk_budget >> 20);
     enum { O_KEY = 1000, O_INSECURE, O_PAR, O_QUEUE, O_CTX, O_KV, O_CACHE, O_RAM, O_STORE, O_LINK, O_SLOW, O_BLOCK,
-           O_SALT, O_MAXBODY, O_PORTFILE, O_PEERS, O_ADVERTISE, O_SECRET, O_GOSSIP, O_ROUTE, O_STORE_SECRET };
+           O_SALT, O_MAXBODY, O_PORTFILE, O_PEERS, O_ADVERTISE, O_SECRET, O_GOSSIP, O_ROUTE, O_STORE_SECRET, O_DISK };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},          {"listen", required_argument, 0, 'l'},
         {"api-key-file", required_argument, 0, O_KEY}, {"insecure", no_argument, 0, O_INSECURE},
@@ -90,6 +92,7 @@ int cmd_node(int argc, char **argv) {
         {"threads", required_argument, 0, 't'},        {"ctx", required_argument, 0, O_CTX},
         {"kv-type", required_argument, 0, O_KV},       {"cache-dir", required_argument, 0, O_CACHE},
         {"ram-budget", required_argument, 0, O_RAM},   {"store", required_argument, 0, O_STORE},
+        {"disk-budget", required_argument, 0, O_DISK},
         {"link", required_argument, 0, O_LINK},        {"slowdown", required_argument, 0, O_SLOW},
         {"block", required_argument, 0, O_BLOCK},      {"salt", required_argument, 0, O_SALT},
         {"max-body", required_argument, 0, O_MAXBODY}, {"port-file", required_argument, 0, O_PORTFILE},
@@ -118,6 +121,7 @@ int cmd_node(int argc, char **argv) {
             break;
         case O_CACHE: np.store.disk_dir = optarg; break;
         case O_RAM: ram_mb = atof(optarg); break;
+        case O_DISK: disk_mb = atof(optarg); break;
         case O_STORE: np.store_url = optarg; break;
         case O_LINK: np.link_spec = optarg; break;
         case O_SLOW: np.ctx.slowdown = atof(optarg); break;
@@ -150,7 +154,7 @@ int cmd_node(int argc, char **argv) {
         return 2;
     }
     if (np.n_parallel < 1 || np.queue_max < 0 || np.ctx.n_threads < 1 || np.ctx.n_ctx < 16 || np.block_size < 0 ||
-        !(ram_mb >= 0) || !(np.ctx.slowdown >= 1.0) || ap.max_body < 1024 || mp.gossip_ms < 10) {
+        !(ram_mb >= 0) || !(disk_mb >= 0) || !(np.ctx.slowdown >= 1.0) || ap.max_body < 1024 || mp.gossip_ms < 10) {
         fprintf(stderr, "kvmesh node: a numeric option is out of range (see --help)\n");
         return 2;
     }
@@ -159,6 +163,7 @@ int cmd_node(int argc, char **argv) {
         return 2;
     }
     np.store.ram_budget = (size_t)(ram_mb * 1024 * 1024);
+    np.store.disk_budget = (uint64_t)(disk_mb * 1024 * 1024);
     km_error err = {{0}};
     char host[256];
     int port;

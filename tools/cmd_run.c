@@ -29,6 +29,8 @@ static void run_usage(FILE *f) {
             "                          (default $XDG_CACHE_HOME/kvmesh/states or ~/.cache/kvmesh/states)\n"
             "      --no-cache          neither read nor write cached states\n"
             "      --ram-budget MB     RAM tier size (default 256)\n"
+            "      --disk-budget MB    disk tier size: least recently used states go first\n"
+            "                          (default 4096; 0 = unlimited)\n"
             "      --salt STR          separate key space (default none)\n"
             "      --store URL         shared tier: redis://[user:password@]host:port[/db]\n"
             "      --store-secret-file F  secret of the shared tier (>= 16 bytes, mode 600): states\n"
@@ -112,15 +114,16 @@ int cmd_run(int argc, char **argv) {
     km_link_params link_p = {0, 0};
     km_redis_params rp = km_redis_default_params();
     int has_link = 0;
-    double ram_mb = 256;
+    double ram_mb = 256, disk_mb = (double)(km_store_default_params().disk_budget >> 20);
     km_ctx_params cp = km_ctx_default_params();
     km_sampling sp = km_sampling_default();
-    enum { O_SEP = 1000, O_BLOCK, O_CACHE, O_NOCACHE, O_RAM, O_SALT, O_TEMP, O_SEED, O_TOPK, O_TOPP, O_KV, O_FA, O_CTX, O_BATCH, O_STORE, O_STORE_TTL, O_LINK, O_SLOW, O_STORE_TIMEOUT, O_CAT_CAP, O_CAT_ERR, O_STORE_SECRET };
+    enum { O_SEP = 1000, O_BLOCK, O_CACHE, O_NOCACHE, O_RAM, O_SALT, O_TEMP, O_SEED, O_TOPK, O_TOPP, O_KV, O_FA, O_CTX, O_BATCH, O_STORE, O_STORE_TTL, O_LINK, O_SLOW, O_STORE_TIMEOUT, O_CAT_CAP, O_CAT_ERR, O_STORE_SECRET, O_DISK };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},        {"prompt", required_argument, 0, 'p'},
         {"prompt-file", required_argument, 0, 'f'},  {"segment-sep", required_argument, 0, O_SEP},
         {"block", required_argument, 0, O_BLOCK},    {"cache-dir", required_argument, 0, O_CACHE},
         {"no-cache", no_argument, 0, O_NOCACHE},     {"ram-budget", required_argument, 0, O_RAM},
+        {"disk-budget", required_argument, 0, O_DISK},
         {"salt", required_argument, 0, O_SALT},      {"n-predict", required_argument, 0, 'n'},
         {"store", required_argument, 0, O_STORE},    {"store-ttl", required_argument, 0, O_STORE_TTL},
         {"link", required_argument, 0, O_LINK},      {"slowdown", required_argument, 0, O_SLOW},
@@ -146,6 +149,7 @@ int cmd_run(int argc, char **argv) {
         case O_CACHE: cache_dir = optarg; break;
         case O_NOCACHE: no_cache = 1; break;
         case O_RAM: ram_mb = atof(optarg); break;
+        case O_DISK: disk_mb = atof(optarg); break;
         case O_SALT: salt = optarg; break;
         case O_STORE: store_url = optarg; break;
         case O_STORE_TTL: store_ttl = atoi(optarg); break;
@@ -208,7 +212,7 @@ int cmd_run(int argc, char **argv) {
         fprintf(stderr, "kvmesh run: --slowdown must be >= 1\n");
         return 2;
     }
-    if (n_predict < 0 || cp.n_threads < 1 || cp.n_ctx < 8 || cp.n_batch < 1 || block < 0 || ram_mb < 0) {
+    if (n_predict < 0 || cp.n_threads < 1 || cp.n_ctx < 8 || cp.n_batch < 1 || block < 0 || !(ram_mb >= 0) || !(disk_mb >= 0)) {
         fprintf(stderr, "kvmesh run: bad numeric option (see --help)\n");
         return 2;
     }
@@ -267,6 +271,7 @@ int cmd_run(int argc, char **argv) {
         char dbuf[4096];
         km_store_params stp = km_store_default_params();
         stp.ram_budget = (size_t)(ram_mb * 1024 * 1024);
+        stp.disk_budget = (uint64_t)(disk_mb * 1024 * 1024);
         stp.disk_dir = cache_dir ? cache_dir : default_cache_dir(dbuf, sizeof dbuf);
         store = km_store_open(&stp, &err);
         if (!store) {
