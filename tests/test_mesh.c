@@ -77,6 +77,17 @@ static double metric(const tu_node *n, const char *line_prefix) {
     return v;
 }
 
+/* A node's id in the mesh (what a signed peer request to it is bound to). */
+static void node_id(const tu_node *n, char *out, size_t cap) {
+    tu_resp r = tu_http(n->url, "GET", "/health", NULL, NULL);
+    json_t *j = parse(&r);
+    const char *id = json_string_value(json_object_get(j, "mesh_id"));
+    if (!id) fail_msg("no mesh_id in /health: %s", r.body);
+    snprintf(out, cap, "%s", id ? id : "");
+    json_decref(j);
+    free(r.body);
+}
+
 static char *write_secret(const char *dir, const char *name, const char *secret) {
     char *path = malloc(4300);
     snprintf(path, 4300, "%s/%s", dir, name);
@@ -205,8 +216,9 @@ static void test_secret_and_bad_messages(void **state) {
     km_error err;
     km_peerauth *pa = km_peerauth_new((const uint8_t *)"correct horse battery staple", 28, 0, &err);
     assert_non_null(pa);
-    char hv[KM_PEERAUTH_HEADER_MAX], hdr[KM_PEERAUTH_HEADER_MAX + 32];
-    km_peerauth_sign_request(pa, "GET", "/peer/v1/catalog", NULL, 0, hv, sizeof hv);
+    char hv[KM_PEERAUTH_HEADER_MAX], hdr[KM_PEERAUTH_HEADER_MAX + 32], a_id[80];
+    node_id(&a, a_id, sizeof a_id);
+    km_peerauth_sign_request(pa, a_id, "GET", "/peer/v1/catalog", NULL, 0, hv, sizeof hv);
     snprintf(hdr, sizeof hdr, "%s: %s", KM_PEERAUTH_HEADER, hv);
     const char *h[] = {hdr, NULL};
     r = tu_http(a.url, "GET", "/peer/v1/catalog", NULL, h);
@@ -218,7 +230,7 @@ static void test_secret_and_bad_messages(void **state) {
     assert_non_null(strstr(r.body, "replayed"));
     free(r.body);
     /* a signature for another path (forged use) */
-    km_peerauth_sign_request(pa, "GET", "/peer/v1/state/00000000000000000000000000000000", NULL, 0, hv, sizeof hv);
+    km_peerauth_sign_request(pa, a_id, "GET", "/peer/v1/state/00000000000000000000000000000000", NULL, 0, hv, sizeof hv);
     snprintf(hdr, sizeof hdr, "%s: %s", KM_PEERAUTH_HEADER, hv);
     r = tu_http(a.url, "GET", "/peer/v1/catalog", NULL, h);
     assert_int_equal(r.status, 401);
@@ -226,7 +238,7 @@ static void test_secret_and_bad_messages(void **state) {
     free(r.body);
     /* authentic but malformed gossip: 400, table untouched, A still serves */
     const char *junk = "{\"v\":1,\"from\":\"x\",\"members\":[{\"id\":\"x\"}]}";
-    km_peerauth_sign_request(pa, "POST", "/peer/v1/gossip", (const uint8_t *)junk, strlen(junk), hv, sizeof hv);
+    km_peerauth_sign_request(pa, a_id, "POST", "/peer/v1/gossip", (const uint8_t *)junk, strlen(junk), hv, sizeof hv);
     snprintf(hdr, sizeof hdr, "%s: %s", KM_PEERAUTH_HEADER, hv);
     r = tu_http(a.url, "POST", "/peer/v1/gossip", junk, h);
     assert_int_equal(r.status, 400);

@@ -10,6 +10,7 @@
 #include "commands.h"
 #include "mesh.h"
 #include "metrics.h"
+#include "netallow.h"
 #include "node.h"
 #include "peerauth.h"
 #include "util.h"
@@ -29,7 +30,11 @@ static void node_usage(FILE *f) {
             "      --advertise H:P     the address peers reach this node at (default: --listen's,\n"
             "                          with the port actually bound)\n"
             "      --mesh-secret-file F  shared secret of the mesh (>= 16 bytes, mode 600): peer calls\n"
-            "                          are authenticated with it (HMAC, replay window)\n"
+            "                          are authenticated with it (HMAC, replay window); with\n"
+            "                          --api-key-file and no secret the node runs without a mesh\n"
+            "      --peer-allow LIST   networks whose addresses learned by gossip may be contacted,\n"
+            "                          CIDR,... (default: loopback for a loopback node, else the\n"
+            "                          networks of --listen and of --peers; numeric addresses only)\n"
             "      --gossip-ms MS      gossip period (default 1000)\n"
             "      --route MODE        planner (default: fastest estimated path), fetch (always fetch\n"
             "                          a peer's prefix), forward (to the peer with the longest prefix),\n"
@@ -73,12 +78,12 @@ static char *read_key_file(const char *path, km_error *err) {
 int cmd_node(int argc, char **argv) {
     km_node_params np = km_node_default_params();
     km_api_params ap = km_api_default_params();
-    const char *key_file = NULL, *port_file = NULL, *secret_file = NULL, *advertise = NULL;
+    const char *key_file = NULL, *port_file = NULL, *secret_file = NULL, *advertise = NULL, *peer_allow = NULL;
     km_mesh_params mp = km_mesh_default_params();
     int insecure = 0;
     double ram_mb = 256;
     enum { O_KEY = 1000, O_INSECURE, O_PAR, O_QUEUE, O_CTX, O_KV, O_CACHE, O_RAM, O_STORE, O_LINK, O_SLOW, O_BLOCK,
-           O_SALT, O_MAXBODY, O_PORTFILE, O_PEERS, O_ADVERTISE, O_SECRET, O_GOSSIP, O_ROUTE };
+           O_SALT, O_MAXBODY, O_PORTFILE, O_PEERS, O_ADVERTISE, O_SECRET, O_GOSSIP, O_ROUTE, O_PEER_ALLOW };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},          {"listen", required_argument, 0, 'l'},
         {"api-key-file", required_argument, 0, O_KEY}, {"insecure", no_argument, 0, O_INSECURE},
@@ -91,7 +96,7 @@ int cmd_node(int argc, char **argv) {
         {"max-body", required_argument, 0, O_MAXBODY}, {"port-file", required_argument, 0, O_PORTFILE},
         {"peers", required_argument, 0, O_PEERS},      {"advertise", required_argument, 0, O_ADVERTISE},
         {"mesh-secret-file", required_argument, 0, O_SECRET}, {"gossip-ms", required_argument, 0, O_GOSSIP},
-        {"route", required_argument, 0, O_ROUTE},
+        {"route", required_argument, 0, O_ROUTE},      {"peer-allow", required_argument, 0, O_PEER_ALLOW},
         {"verbose", no_argument, 0, 'v'},              {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0}};
     int ch;
@@ -125,6 +130,7 @@ int cmd_node(int argc, char **argv) {
         case O_ADVERTISE: advertise = optarg; break;
         case O_SECRET: secret_file = optarg; break;
         case O_GOSSIP: mp.gossip_ms = atoi(optarg); break;
+        case O_PEER_ALLOW: peer_allow = optarg; break;
         case O_ROUTE:
             if (km_route_mode_parse(optarg, &np.route) != 0) {
                 fprintf(stderr, "kvmesh node: --route must be planner, fetch, forward or isolated, not '%s'\n", optarg);
@@ -176,6 +182,31 @@ int cmd_node(int argc, char **argv) {
         km_peerauth_secret_free(secret, secret_len);
         return 2;
     }
+    /* An API key without a mesh secret: the peer endpoints would let any
+     * process that reaches the port around the key (cached states, gossip,
+     * forwarded requests). No mesh then -- and no start if one was asked for. */
+    if (key && !secret && (mp.seeds || advertise)) {
+        fprintf(stderr, "kvmesh node: --api-key-file with --peers/--advertise needs --mesh-secret-file: without a "
+                        "mesh secret the peer endpoints would bypass the API key\n");
+        free(key);
+        return 2;
+    }
+    if (key && !secret)
+        ap.mesh_off = "an API key without a mesh secret (the peer endpoints would bypass the key); "
+                      "start with --mesh-secret-file to join a mesh";
+    km_netallow *allow = NULL;
+    if (!ap.mesh_off) {
+        allow = km_netallow_new();
+        if (!allow || (peer_allow ? km_netallow_add_list(allow, peer_allow, &err)
+                                  : km_netallow_add_defaults(allow, host, mp.seeds, &err)) != 0) {
+            fprintf(stderr, "kvmesh node: --peer-allow: %s\n", allow ? err.msg : "out of memory");
+            km_netallow_free(allow);
+            free(key);
+            km_peerauth_secret_free(secret, secret_len);
+            return 2;
+        }
+        mp.members.allow = allow;
+    }
     ap.api_key = key;
     mp.secret = secret;
     mp.secret_len = secret_len;
@@ -196,6 +227,7 @@ int cmd_node(int argc, char **argv) {
     if (!node) {
         fprintf(stderr, "kvmesh node: %s\n", err.msg);
         km_metrics_free(metrics);
+        km_netallow_free(allow);
         free(key);
         return 1;
     }
@@ -204,26 +236,35 @@ int cmd_node(int argc, char **argv) {
         fprintf(stderr, "kvmesh node: %s\n", err.msg);
         km_node_free(node);
         km_metrics_free(metrics);
+        km_netallow_free(allow);
         free(key);
         return 1;
     }
     char self_addr[300];
+    const char *self_host = strcmp(host, "localhost") == 0 ? "127.0.0.1" : host; /* peers take numeric addresses only */
     if (advertise) snprintf(self_addr, sizeof self_addr, "%s", advertise);
     else if (strchr(host, ':')) snprintf(self_addr, sizeof self_addr, "[%s]:%d", host, km_api_port(api));
-    else snprintf(self_addr, sizeof self_addr, "%s:%d", host, km_api_port(api));
+    else snprintf(self_addr, sizeof self_addr, "%s:%d", self_host, km_api_port(api));
     mp.self_addr = self_addr;
     mp.link = km_node_link(node);
-    km_mesh *mesh = km_mesh_start(&mp, node, metrics, &err);
-    km_peerauth_secret_free(secret, secret_len); /* the mesh keeps its own copy */
-    if (!mesh) {
-        fprintf(stderr, "kvmesh node: mesh: %s\n", err.msg);
-        km_api_stop(api);
-        km_node_free(node);
-        km_metrics_free(metrics);
-        free(key);
-        return 1;
+    km_mesh *mesh = NULL;
+    if (ap.mesh_off) {
+        km_info("kvmesh node: mesh disabled: %s", ap.mesh_off);
+    } else {
+        mesh = km_mesh_start(&mp, node, metrics, &err);
+        if (!mesh) {
+            fprintf(stderr, "kvmesh node: mesh: %s\n", err.msg);
+            km_peerauth_secret_free(secret, secret_len);
+            km_api_stop(api);
+            km_node_free(node);
+            km_metrics_free(metrics);
+            km_netallow_free(allow);
+            free(key);
+            return 1;
+        }
+        km_api_set_mesh(api, mesh);
     }
-    km_api_set_mesh(api, mesh);
+    km_peerauth_secret_free(secret, secret_len); /* the mesh keeps its own copy */
     char desc[256];
     km_model_describe(km_node_model(node), desc, sizeof desc);
     km_info("kvmesh node: serving %s (%s) on http://%s:%d (%d parallel, queue %d, route %s)", km_node_model_name(node),
@@ -241,6 +282,7 @@ int cmd_node(int argc, char **argv) {
     km_node_shutdown(node); /* running jobs finish; queued ones are answered 503 */
     km_api_stop(api);       /* connections finish writing their answers */
     km_mesh_stop(mesh);     /* no peer call is being served any more */
+    km_netallow_free(allow);
     km_node_free(node);     /* uploads flushed, disk cache kept */
     km_metrics_free(metrics);
     free(key);
