@@ -234,17 +234,25 @@ static void request_mac(const km_peerauth *a, const char *target, const char *me
     sodium_memzero(&st, sizeof st);
 }
 
+/* Start the MAC of an answer: its domain, the request it answers (nonce and
+ * MAC), its status. */
+static void answer_mac_init(crypto_auth_hmacsha256_state *st, const km_peerauth *a, const char *domain,
+                            const req_hdr *r, int status) {
+    uint8_t st4[4];
+    km_put_u32(st4, (uint32_t)status);
+    crypto_auth_hmacsha256_init(st, a->key, a->key_len);
+    mac_str(st, domain);
+    crypto_auth_hmacsha256_update(st, r->nonce, NONCE_LEN);
+    crypto_auth_hmacsha256_update(st, r->mac, MAC_LEN);
+    crypto_auth_hmacsha256_update(st, st4, sizeof st4);
+}
+
 static void response_mac(const km_peerauth *a, const req_hdr *r, int status, const uint8_t *body, size_t body_len,
                          uint8_t mac[MAC_LEN]) {
-    uint8_t digest[crypto_hash_sha256_BYTES], st4[4];
+    uint8_t digest[crypto_hash_sha256_BYTES];
     body_digest(digest, body, body_len);
-    km_put_u32(st4, (uint32_t)status);
     crypto_auth_hmacsha256_state st;
-    crypto_auth_hmacsha256_init(&st, a->key, a->key_len);
-    mac_str(&st, DOMAIN_RESPONSE);
-    crypto_auth_hmacsha256_update(&st, r->nonce, NONCE_LEN);
-    crypto_auth_hmacsha256_update(&st, r->mac, MAC_LEN);
-    crypto_auth_hmacsha256_update(&st, st4, sizeof st4);
+    answer_mac_init(&st, a, DOMAIN_RESPONSE, r, status);
     crypto_auth_hmacsha256_update(&st, digest, sizeof digest);
     crypto_auth_hmacsha256_final(&st, mac);
     sodium_memzero(&st, sizeof st);
@@ -254,14 +262,8 @@ static void response_mac(const km_peerauth *a, const req_hdr *r, int status, con
  * of a framed answer: both bind the request, the status and the type. */
 static void stream_mac(const km_peerauth *a, const char *domain, const req_hdr *r, int status, const char *type,
                        uint8_t mac[MAC_LEN]) {
-    uint8_t st4[4];
-    km_put_u32(st4, (uint32_t)status);
     crypto_auth_hmacsha256_state st;
-    crypto_auth_hmacsha256_init(&st, a->key, a->key_len);
-    mac_str(&st, domain);
-    crypto_auth_hmacsha256_update(&st, r->nonce, NONCE_LEN);
-    crypto_auth_hmacsha256_update(&st, r->mac, MAC_LEN);
-    crypto_auth_hmacsha256_update(&st, st4, sizeof st4);
+    answer_mac_init(&st, a, domain, r, status);
     mac_str(&st, type);
     crypto_auth_hmacsha256_final(&st, mac);
     sodium_memzero(&st, sizeof st);

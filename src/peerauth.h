@@ -24,6 +24,9 @@
  *             a first gossip to a seed whose id is not known yet, which a
  *             receiver accepts on POST /peer/v1/gossip alone (untargeted_ok).
  *             The target is not in the header: the receiver knows its id.
+ *             (An untargeted gossip captured in transit can be replayed once
+ *             at each other node within the window: it merges the sender's
+ *             table there, which gossip spreads anyway.)
  * Response header X-Kvmesh-Auth-Response: v2 <mac>, for an answer read whole:
  *   mac       HMAC-SHA256(secret, str("kvmesh-peer-response-v2")
  *             request nonce(16) request mac(32) u32(status) SHA-256(body)(32))

@@ -42,8 +42,9 @@ km_peerframe_writer *km_peerframe_writer_new(const uint8_t key[KM_PEERFRAME_KEY_
 /* Wipes the key (NULL: no-op). */
 void km_peerframe_writer_free(km_peerframe_writer *w);
 /* Frame len bytes (1..KM_PEERFRAME_MAX) into out, which holds at least
- * len + KM_PEERFRAME_OVERHEAD. Returns the bytes written, 0 if len is out of
- * range or the end was written already. */
+ * len + KM_PEERFRAME_OVERHEAD; data may already sit at out + 4 (framing in
+ * place). Returns the bytes written, 0 if len is out of range or the end was
+ * written already. */
 size_t km_peerframe_write(km_peerframe_writer *w, const uint8_t *data, size_t len, uint8_t *out);
 /* The end frame into out (KM_PEERFRAME_OVERHEAD bytes); returns that, or 0
  * if written already. */

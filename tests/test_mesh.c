@@ -645,6 +645,15 @@ static double wait_metric(const tu_node *n, const char *line_prefix, double want
     return v;
 }
 
+/* Run a shell command; its exit code (-1: it did not exit), output in out. */
+static int run_cmd(const char *cmd, char *out, size_t cap) {
+    FILE *p = popen(cmd, "r");
+    size_t n = fread(out, 1, cap - 1, p);
+    out[n] = 0;
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
 /* Send raw request bytes to 127.0.0.1:port; the answer's status (-1: none). */
 static int raw_status(int port, const char *req, size_t len) {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -797,12 +806,8 @@ static void test_api_key_without_secret(void **state) {
         char cmd[8800];
         snprintf(cmd, sizeof cmd, "%s node --model %s --api-key-file %s %s 2>&1", tu_kvmesh_bin(),
                  tu_model("tiny-f16.gguf"), key, asks[i]);
-        FILE *p = popen(cmd, "r");
-        char out[1024] = "";
-        size_t got = fread(out, 1, sizeof out - 1, p);
-        out[got] = 0;
-        int st = pclose(p);
-        assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 2);
+        char out[1024];
+        assert_int_equal(run_cmd(cmd, out, sizeof out), 2);
         assert_non_null(strstr(out, "--api-key-file with --peers/--advertise needs --mesh-secret-file"));
     }
     free(key);
@@ -855,12 +860,8 @@ static void test_peer_allow(void **state) {
     char cmd[8800];
     snprintf(cmd, sizeof cmd, "%s node --model %s --peer-allow 127.0.0.1/24 2>&1", tu_kvmesh_bin(),
              tu_model("tiny-f16.gguf"));
-    FILE *p = popen(cmd, "r");
-    char out[1024] = "";
-    size_t got = fread(out, 1, sizeof out - 1, p);
-    out[got] = 0;
-    int st = pclose(p);
-    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 2);
+    char out[1024];
+    assert_int_equal(run_cmd(cmd, out, sizeof out), 2);
     assert_non_null(strstr(out, "--peer-allow: peer allow-list: '127.0.0.1/24' has host bits set"));
     free(secret);
     tu_rmtree(dir);

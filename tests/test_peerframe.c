@@ -219,7 +219,7 @@ static void test_oversized_and_sticky(void **state) {
     km_error err = {{0}};
     assert_int_equal(km_peerframe_read(r, hdr, 4, &used, &p, &pl, &err), -1);
     assert_string_equal(err.msg, "peer frame: frame longer than the limit");
-    uint8_t good[128];
+    uint8_t good[256];
     size_t n = write_kat(good);
     assert_int_equal(km_peerframe_read(r, good, n, &used, &p, &pl, &err), -1);
     assert_string_equal(err.msg, "peer frame: the stream was refused already");
