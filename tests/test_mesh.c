@@ -7,6 +7,7 @@
 #include "testutil.h"
 
 #include <arpa/inet.h>
+#include <curl/curl.h>
 #include <jansson.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -410,13 +411,16 @@ static void test_forward_to_holder(void **state) {
 #define RELAY_MAX_CONNS 512
 #define RELAY_RECORD_MAX 65536
 
-enum { TAMPER_NONE, TAMPER_HEAD, TAMPER_TEXT };
+/* What a relay may change in an answer to a POST /v1/ request: the byte
+ * right after the first of these, once. */
+#define TAMPER_HEAD "X-Kvmesh-Auth-Respons" /* the signature header: renamed, so missing */
+#define TAMPER_TEXT "\"text\":\""          /* the first byte of the text */
+#define TAMPER_FINISH "\"finish_reason\":\"" /* the last event of a stream: after the first frames */
 
 typedef struct relay {
     int listen_fd, port, target_port;
     bool cut_states;   /* state downloads break off after CUT_AFTER bytes */
-    volatile int tamper; /* the next answer to a POST /v1/ request: its signature header renamed
-                            (TAMPER_HEAD) or a byte of its text changed (TAMPER_TEXT) */
+    const char *volatile tamper; /* TAMPER_*: change the next answer to a POST /v1/ request (NULL: none) */
     volatile int cuts, tampered;
     pthread_t thread;
     pthread_mutex_t lock; /* guards the rest */
@@ -443,13 +447,12 @@ static void record(relay_conn *rc, const char *buf, size_t n) {
 
 /* Change the answer in buf (n bytes) as r->tamper says, once. */
 static void tamper(relay *r, char *buf, size_t n) {
-    const char *needle = r->tamper == TAMPER_HEAD ? "X-Kvmesh-Auth-Response:" : "\"text\":\"";
+    const char *needle = r->tamper;
     size_t nl = strlen(needle);
     for (size_t i = 0; i + nl < n; i++) {
         if (memcmp(buf + i, needle, nl) != 0) continue;
-        char *c = r->tamper == TAMPER_HEAD ? buf + i + nl - 2 : buf + i + nl; /* "...Respons0:" or the text's first byte */
-        *c = *c == '0' ? '1' : '0';
-        r->tamper = TAMPER_NONE;
+        buf[i + nl] = buf[i + nl] == '0' ? '1' : '0';
+        r->tamper = NULL;
         r->tampered++;
         return;
     }
@@ -490,7 +493,7 @@ static void *relay_conn_main(void *arg) {
                 rc->r->cuts++;
                 break;
             }
-            if (v1_post && rc->r->tamper != TAMPER_NONE) tamper(rc->r, buf, (size_t)n);
+            if (v1_post && rc->r->tamper) tamper(rc->r, buf, (size_t)n);
             if (send(rc->client, buf, (size_t)n, 0) != n) break;
             sent_back += (size_t)n;
         }
@@ -645,6 +648,39 @@ static double wait_metric(const tu_node *n, const char *line_prefix, double want
     return v;
 }
 
+static size_t collect(char *p, size_t sz, size_t nm, void *ud) {
+    tu_resp *r = ud;
+    size_t n = sz * nm;
+    r->body = realloc(r->body, r->len + n + 1);
+    memcpy(r->body + r->len, p, n);
+    r->len += n;
+    r->body[r->len] = 0;
+    return n;
+}
+
+/* POST body to n with extra headers; whatever arrived, even if the transfer
+ * broke off (*broke: it did). */
+static tu_resp post_lenient(const tu_node *n, const char *body, const char *const *headers, bool *broke) {
+    tu_resp r = {0};
+    r.body = calloc(1, 1);
+    char url[128];
+    snprintf(url, sizeof url, "%s/v1/completions", n->url);
+    CURL *c = curl_easy_init();
+    struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
+    for (int i = 0; headers && headers[i]; i++) h = curl_slist_append(h, headers[i]);
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &r);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT, 300L);
+    *broke = curl_easy_perform(c) != CURLE_OK;
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r.status);
+    curl_slist_free_all(h);
+    curl_easy_cleanup(c);
+    return r;
+}
+
 /* Run a shell command; its exit code (-1: it did not exit), output in out. */
 static int run_cmd(const char *cmd, char *out, size_t cap) {
     FILE *p = popen(cmd, "r");
@@ -753,6 +789,22 @@ static void test_forward_authenticated(void **state) {
     free(got);
     assert_int_equal(wait_metric(&b, "kvmesh_forwards_total{result=\"failed\"} ", 2), 2);
     assert_int_equal(wait_metric(&b, "kvmesh_forwards_total{result=\"ok\"} ", 2), 2);
+    /* ... altered in its last event, after the first frames passed: the
+     * altered bytes never reach the client -- its stream breaks off (or, if
+     * the bad frame was there before B answered, B runs it itself) */
+    r.tamper = TAMPER_FINISH;
+    bool broke;
+    const char *bearer[] = {"Authorization: Bearer sekret-key-123", NULL};
+    tu_resp late = post_lenient(&b, stream_q, bearer, &broke);
+    assert_int_equal(r.tampered, 3);
+    assert_null(strstr(late.body, TAMPER_FINISH "0"));
+    assert_int_equal(wait_metric(&b, "kvmesh_forwards_total{result=\"failed\"} ", 3), 3);
+    if (broke || !strstr(late.body, "[DONE]"))
+        assert_non_null(strstr(late.body, "\"text\":")); /* the frames before the bad one */
+    else
+        assert_non_null(strstr(late.body, TAMPER_FINISH)); /* run here, whole */
+    print_message("late tamper: %s\n", broke || !strstr(late.body, "[DONE]") ? "stream broken off" : "ran here");
+    free(late.body);
 
     /* the key is still needed at B */
     tu_resp nokey = tu_http(b.url, "POST", "/v1/completions", qs[0], NULL);
