@@ -220,12 +220,23 @@ int km_netallow_add_defaults(km_netallow *a, const char *listen_host, const char
     return 0;
 }
 
-bool km_netallow_check(const km_netallow *a, const char *addr) {
+/* The address of "a.b.c.d:port" / "[v6]:port"; false for names and
+ * malformed ones (brackets for IPv6 alone). */
+static bool numeric_addr(const char *addr, uint8_t ip[16]) {
     char host[INET6_ADDRSTRLEN + 1];
-    uint8_t ip[16];
     bool v4;
     if (!addr || !split_host(addr, strlen(addr), host, sizeof host) || !parse_ip(host, ip, &v4)) return false;
-    if (v4 == (addr[0] == '[')) return false; /* brackets for IPv6 alone */
+    return v4 != (addr[0] == '[');
+}
+
+bool km_netallow_is_numeric(const char *addr) {
+    uint8_t ip[16];
+    return numeric_addr(addr, ip);
+}
+
+bool km_netallow_check(const km_netallow *a, const char *addr) {
+    uint8_t ip[16];
+    if (!numeric_addr(addr, ip)) return false;
     for (int i = 0; i < a->n; i++)
         if (in_net(&a->nets[i], ip)) return true;
     return false;

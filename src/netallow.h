@@ -44,6 +44,9 @@ int km_netallow_add_defaults(km_netallow *a, const char *listen_host, const char
 /* Whether addr ("a.b.c.d:port" or "[v6]:port") is numeric and inside one of
  * the networks. Host names, malformed addresses: false. */
 bool km_netallow_check(const km_netallow *a, const char *addr);
+/* Whether addr is a numeric "a.b.c.d:port" or "[v6]:port" (what gossip
+ * may carry to nodes with an allow-list). */
+bool km_netallow_is_numeric(const char *addr);
 /* The list as "127.0.0.0/8,::1/128" (for logs; cut to cap). */
 void km_netallow_describe(const km_netallow *a, char *out, size_t cap);
 

@@ -51,6 +51,10 @@ static void test_check(void **state) {
     assert_false(km_netallow_check(a, ""));
     assert_false(km_netallow_check(a, NULL));
     km_netallow_free(a);
+    assert_true(km_netallow_is_numeric("10.1.2.3:80"));
+    assert_true(km_netallow_is_numeric("[fd00::1]:80"));
+    assert_false(km_netallow_is_numeric("node1.lan:80"));
+    assert_false(km_netallow_is_numeric("fd00::1:80"));
 
     /* an empty list allows nothing; /0 everything numeric of its family */
     a = km_netallow_new();

@@ -247,6 +247,9 @@ int cmd_node(int argc, char **argv) {
     else snprintf(self_addr, sizeof self_addr, "%s:%d", self_host, km_api_port(api));
     mp.self_addr = self_addr;
     mp.link = km_node_link(node);
+    if (!ap.mesh_off && !km_netallow_is_numeric(self_addr))
+        km_warn("kvmesh node: peers only contact numeric addresses learned by gossip, and this node's is %s: "
+                "give --advertise IP:PORT", self_addr);
     km_mesh *mesh = NULL;
     if (ap.mesh_off) {
         km_info("kvmesh node: mesh disabled: %s", ap.mesh_off);
