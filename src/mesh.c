@@ -486,8 +486,15 @@ void km_mesh_gossip_now(km_mesh *m) {
             long status = 0;
             uint8_t *resp;
             size_t rl;
-            if (peer_call(m, t.id, "POST", t.addr, "/peer/v1/gossip", (const uint8_t *)msg, len, MAX_GOSSIP_BYTES, &status,
-                          &resp, &rl, &err) == 0) {
+            int rc = peer_call(m, t.id, "POST", t.addr, "/peer/v1/gossip", (const uint8_t *)msg, len,
+                               MAX_GOSSIP_BYTES, &status, &resp, &rl, &err);
+            /* Refused as meant for another node: a member restarted there
+             * under a new id. Ask it as a seed is asked (gossip alone takes
+             * that), so it is known again now, not once the old id is dead. */
+            if (rc != 0 && status == 401 && m->auth && t.id[0])
+                rc = peer_call(m, "", "POST", t.addr, "/peer/v1/gossip", (const uint8_t *)msg, len, MAX_GOSSIP_BYTES,
+                               &status, &resp, &rl, &err);
+            if (rc == 0) {
                 if (status == 200 && merge(m, (const char *)resp, rl, &err) >= 0)
                     ok = true;
                 else if (status != 200)

@@ -920,6 +920,46 @@ static void test_peer_allow(void **state) {
     free(dir);
 }
 
+/* With requests bound to their target, gossip to a member that restarted at
+ * the same address under a new id is refused as meant for another node: the
+ * gossiper then asks it as a seed is asked, and knows the new id at once
+ * (not once the old one is dead, 10 s later). */
+static void test_restart_new_id_same_addr(void **state) {
+    char *dir = tu_tmpdir();
+    char *secret = write_secret(dir, "secret", "correct horse battery staple\n");
+    char listen_a[64];
+    snprintf(listen_a, sizeof listen_a, "127.0.0.1:%d", tu_free_port());
+    const char *a_args[] = {"--gossip-ms", "100", "--listen", listen_a, "--mesh-secret-file", secret, NULL};
+    tu_node a = start(a_args);
+    const char *b_args[] = {"--gossip-ms", "100", "--peers", listen_a, "--mesh-secret-file", secret, NULL};
+    tu_node b = start(b_args);
+    char a_id[80];
+    node_id(&a, a_id, sizeof a_id);
+    for (int i = 0; i < 100 && metric(&b, "kvmesh_peers{state=\"alive\"} ") < 1; i++) usleep(100000);
+    assert_int_equal(metric(&b, "kvmesh_peers{state=\"alive\"} "), 1);
+    kill(a.pid, SIGKILL);
+    waitpid(a.pid, NULL, 0);
+    a.pid = 0;
+    tu_node_stop(&a);
+    tu_node a2 = start(a_args); /* same address, new id, no seeds of its own */
+    char a2_id[80];
+    node_id(&a2, a2_id, sizeof a2_id);
+    assert_string_not_equal(a2_id, a_id);
+    double t0 = km_now_ms(), known_ms = -1;
+    for (int i = 0; i < 150 && known_ms < 0; i++) {
+        tu_resp r = tu_http(b.url, "GET", "/health", NULL, NULL);
+        if (strstr(r.body, a2_id)) known_ms = km_now_ms() - t0;
+        free(r.body);
+        if (known_ms < 0) usleep(100000);
+    }
+    if (known_ms < 0 || known_ms > 5000) fail_msg("B learned the restarted node after %.0f ms", known_ms);
+    assert_int_equal(tu_node_stop(&b), 0);
+    assert_int_equal(tu_node_stop(&a2), 0);
+    free(secret);
+    tu_rmtree(dir);
+    free(dir);
+}
+
 int main(void) {
     if (access(tu_model("tiny-f16.gguf"), R_OK) != 0) {
         printf("SKIP: test models missing\n");
@@ -935,6 +975,7 @@ int main(void) {
         cmocka_unit_test(test_forward_authenticated),
         cmocka_unit_test(test_api_key_without_secret),
         cmocka_unit_test(test_peer_allow),
+        cmocka_unit_test(test_restart_new_id_same_addr),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
