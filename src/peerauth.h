@@ -21,8 +21,9 @@
  *             alike. target is the mesh id of the node the request is for
  *             (the receiver verifies with its own id, so a request captured
  *             on its way to one node is refused by every other); "" only for
- *             a first gossip to a seed whose id is not known yet, which a
- *             receiver accepts on POST /peer/v1/gossip alone (untargeted_ok).
+ *             gossip to an address whose node's id is not known (a seed;
+ *             a member restarted under a new id), which a receiver accepts
+ *             on POST /peer/v1/gossip alone (untargeted_ok).
  *             The target is not in the header: the receiver knows its id.
  *             (An untargeted gossip captured in transit can be replayed once
  *             at each other node within the window: it merges the sender's
@@ -99,7 +100,7 @@ km_peerauth *km_peerauth_new(const uint8_t *secret, size_t len, int window_ms, k
 void km_peerauth_free(km_peerauth *a);
 
 /* Write the request header value for a request to node `target` (its mesh
- * id; "" only for a first gossip to a seed) into out (out_len >=
+ * id; "" only for gossip to a node whose id is unknown) into out (out_len >=
  * KM_PEERAUTH_HEADER_MAX is always enough). body may be NULL when body_len
  * is 0. -1 when out is too small, target/method/path is NULL or the clock is
  * outside 0..10^15 ms. */
