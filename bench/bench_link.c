@@ -544,7 +544,7 @@ static int measure(const link_opts *o, int cfg, size_row *rows) {
             size_t len = 0;
             pause_ms(o->idle_ms);
             t0 = km_now_ms();
-            int g = km_redis_get(r, key, &got, &len, &err);
+            int g = km_redis_get(r, key, 0, &got, &len, &err);
             double t_get = km_now_ms() - t0;
             int same = g == 0 && len == size && memcmp(got, value, size) == 0;
             free(got);

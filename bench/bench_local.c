@@ -91,7 +91,7 @@ static int one_request(km_ctx *c, km_store *store, char **segs, int n_segs, int 
         int n, *ends;
         if (km_tokenize_segments(km_ctx_model(c), req.segs, n_segs, false, &toks, &n, &ends, &err) != 0) return -1;
         int *bounds = malloc((size_t)n * sizeof *bounds);
-        *nb_out = km_boundaries(ends, n_segs, n, 0, bounds);
+        *nb_out = km_boundaries(ends, n_segs, n, 0, bounds, NULL);
         *keys_out = malloc((size_t)*nb_out * sizeof **keys_out);
         km_keys_for_boundaries(km_ctx_root_key(c, NULL), toks, bounds, *nb_out, *keys_out);
         free(bounds);

@@ -147,7 +147,7 @@ static int prompt_make(const km_mmlu *mm, const km_model *m, int k, int j, promp
     if (km_tokenize_segments(m, (const char *const *)p->segs, p->n_segs, false, &p->tokens, &p->n_tokens, &p->ends, err) != 0)
         return -1;
     p->bounds = malloc((size_t)p->n_tokens * sizeof *p->bounds);
-    p->n_bounds = km_boundaries(p->ends, p->n_segs, p->n_tokens, 0, p->bounds);
+    p->n_bounds = km_boundaries(p->ends, p->n_segs, p->n_tokens, 0, p->bounds, NULL);
     return 0;
 }
 

@@ -2,6 +2,7 @@
 #include "blob.h"
 
 #include <ggml.h>
+#include <sodium.h>
 #include <stdlib.h>
 #include <string.h>
 #include <xxhash.h>
@@ -21,8 +22,10 @@
 #define OFF_NEXT_FROM 64
 #define OFF_NEXT_TOKEN 68
 #define OFF_RESERVED 72
+#define OFF_MAC 80
+#define END_MAC (OFF_MAC + KM_BLOB_MAC_LEN)
 
-#define KNOWN_FLAGS (KM_BLOB_F_ZSTD | KM_BLOB_F_SHUFFLE2 | KM_BLOB_F_NEXT)
+#define KNOWN_FLAGS (KM_BLOB_F_ZSTD | KM_BLOB_F_SHUFFLE2 | KM_BLOB_F_NEXT | KM_BLOB_F_MAC)
 
 size_t km_blob_size(uint32_t n_tokens, uint64_t payload_len) {
     return KM_BLOB_HEADER_SIZE + (size_t)n_tokens * 4 + (size_t)payload_len;
@@ -51,18 +54,74 @@ void km_blob_set_next(uint8_t *blob, int32_t next_from, int32_t next_token) {
     km_put_u32(blob + OFF_NEXT_TOKEN, (uint32_t)next_token);
 }
 
-/* Everything but the checksum field itself. */
+/* Everything but the checksum field itself and the MAC field. */
 static uint64_t blob_checksum(const uint8_t *blob, size_t len) {
     XXH3_state_t *st = XXH3_createState();
     XXH3_64bits_reset(st);
     XXH3_64bits_update(st, blob, OFF_CHECKSUM);
-    XXH3_64bits_update(st, blob + OFF_CHECKSUM + 8, len - (OFF_CHECKSUM + 8));
+    XXH3_64bits_update(st, blob + OFF_CHECKSUM + 8, OFF_MAC - (OFF_CHECKSUM + 8));
+    XXH3_64bits_update(st, blob + END_MAC, len - END_MAC);
     uint64_t h = XXH3_64bits_digest(st);
     XXH3_freeState(st);
     return h;
 }
 
 void km_blob_seal(uint8_t *blob, size_t len) { km_put_u64(blob + OFF_CHECKSUM, blob_checksum(blob, len)); }
+
+int km_blob_key_derive(km_blob_key *out, const uint8_t *secret, size_t len, const char *purpose) {
+    static const char label[] = "kvmesh-state-v1"; /* with its NUL: label and purpose never run together */
+    uint8_t prk[crypto_generichash_BYTES];
+    crypto_generichash_state st;
+    if (sodium_init() < 0 || crypto_generichash(prk, sizeof prk, secret, len, NULL, 0) != 0) return -1;
+    int rc = crypto_generichash_init(&st, prk, sizeof prk, KM_BLOB_KEY_LEN) != 0 ||
+                     crypto_generichash_update(&st, (const uint8_t *)label, sizeof label) != 0 ||
+                     crypto_generichash_update(&st, (const uint8_t *)purpose, strlen(purpose)) != 0 ||
+                     crypto_generichash_final(&st, out->k, KM_BLOB_KEY_LEN) != 0
+                 ? -1
+                 : 0;
+    sodium_memzero(prk, sizeof prk);
+    sodium_memzero(&st, sizeof st);
+    return rc;
+}
+
+/* Keyed BLAKE2b-256 of everything but the MAC field (len >= header size). */
+static void blob_mac(const uint8_t *blob, size_t len, const km_blob_key *key, uint8_t mac[KM_BLOB_MAC_LEN]) {
+    crypto_generichash_state st;
+    crypto_generichash_init(&st, key->k, KM_BLOB_KEY_LEN, KM_BLOB_MAC_LEN);
+    crypto_generichash_update(&st, blob, OFF_MAC);
+    crypto_generichash_update(&st, blob + END_MAC, len - END_MAC);
+    crypto_generichash_final(&st, mac, KM_BLOB_MAC_LEN);
+}
+
+int km_blob_verify(const uint8_t *blob, size_t len, const km_blob_key *key, km_error *err) {
+    if (len < KM_BLOB_HEADER_SIZE || memcmp(blob, KM_BLOB_MAGIC, 4) != 0)
+        return km_error_set(err, "unauthenticated: not a kvmesh state blob");
+    if (km_get_u16(blob + OFF_VERSION) != KM_BLOB_VERSION)
+        return km_error_set(err, "unauthenticated: format version %u carries no MAC", km_get_u16(blob + OFF_VERSION));
+    if (!(km_get_u32(blob + OFF_FLAGS) & KM_BLOB_F_MAC)) return km_error_set(err, "unauthenticated: the state carries no MAC");
+    uint8_t mac[KM_BLOB_MAC_LEN];
+    blob_mac(blob, len, key, mac);
+    if (crypto_verify_32(mac, blob + OFF_MAC) != 0)
+        return km_error_set(err, "unauthenticated: bad MAC (altered, or made with another key)");
+    return 0;
+}
+
+int km_blob_authenticate(uint8_t *blob, size_t len, const km_blob_key *key, km_error *err) {
+    km_blob_info b;
+    if (km_blob_parse(blob, len, SIZE_MAX, &b, err) != 0) return -1;
+    km_put_u32(blob + OFF_FLAGS, b.flags | KM_BLOB_F_MAC);
+    km_blob_seal(blob, len);
+    blob_mac(blob, len, key, blob + OFF_MAC);
+    return 0;
+}
+
+void km_blob_drop_hint(uint8_t *blob, size_t len) {
+    km_put_u32(blob + OFF_FLAGS, km_get_u32(blob + OFF_FLAGS) & ~(KM_BLOB_F_NEXT | KM_BLOB_F_MAC));
+    km_put_u32(blob + OFF_NEXT_FROM, 0);
+    km_put_u32(blob + OFF_NEXT_TOKEN, 0);
+    memset(blob + OFF_MAC, 0, KM_BLOB_MAC_LEN);
+    km_blob_seal(blob, len);
+}
 
 /* The flag combinations blob.h allows, and the fields they govern. */
 static int check_flags(const uint8_t *blob, uint32_t flags, uint64_t plen, uint64_t raw_len, km_error *err) {
@@ -77,17 +136,21 @@ static int check_flags(const uint8_t *blob, uint32_t flags, uint64_t plen, uint6
     if (!(flags & KM_BLOB_F_NEXT) && (km_get_u32(blob + OFF_NEXT_FROM) != 0 || km_get_u32(blob + OFF_NEXT_TOKEN) != 0))
         return km_error_set(err, "blob has next-token fields but not their flag");
     if (km_get_u64(blob + OFF_RESERVED) != 0) return km_error_set(err, "blob has nonzero reserved header bytes");
+    if (!(flags & KM_BLOB_F_MAC) && !sodium_is_zero(blob + OFF_MAC, KM_BLOB_MAC_LEN))
+        return km_error_set(err, "blob has a MAC field but not its flag");
     return 0;
 }
 
 int km_blob_parse(const uint8_t *blob, size_t len, size_t max_len, km_blob_info *out, km_error *err) {
     memset(out, 0, sizeof *out);
-    if (len < KM_BLOB_HEADER_SIZE) return km_error_set(err, "blob truncated: %zu bytes, header needs %d", len, KM_BLOB_HEADER_SIZE);
+    /* magic and version first: an older format has a shorter header */
+    if (len < OFF_HSIZE) return km_error_set(err, "blob truncated: %zu bytes, header needs %d", len, KM_BLOB_HEADER_SIZE);
     if (memcmp(blob, KM_BLOB_MAGIC, 4) != 0) return km_error_set(err, "not a kvmesh state blob (bad magic)");
     uint16_t version = km_get_u16(blob + OFF_VERSION);
     if (version != KM_BLOB_VERSION)
         return km_error_set(err, "blob format version %u, this kvmesh reads version %d%s", version, KM_BLOB_VERSION,
                             version < KM_BLOB_VERSION ? " (written by an older kvmesh; the state is recomputed)" : "");
+    if (len < KM_BLOB_HEADER_SIZE) return km_error_set(err, "blob truncated: %zu bytes, header needs %d", len, KM_BLOB_HEADER_SIZE);
     if (km_get_u16(blob + OFF_HSIZE) != KM_BLOB_HEADER_SIZE) return km_error_set(err, "blob header size %u, expected %d", km_get_u16(blob + OFF_HSIZE), KM_BLOB_HEADER_SIZE);
     if (len > max_len) return km_error_set(err, "blob of %zu bytes exceeds the limit of %zu", len, max_len);
     uint32_t n_tokens = km_get_u32(blob + OFF_NTOK);
@@ -118,6 +181,7 @@ int km_blob_parse(const uint8_t *blob, size_t len, size_t max_len, km_blob_info 
     out->payload = blob + head;
     out->raw_len = raw_len;
     out->has_next = flags & KM_BLOB_F_NEXT;
+    out->has_mac = flags & KM_BLOB_F_MAC;
     out->next_from = (int32_t)km_get_u32(blob + OFF_NEXT_FROM);
     out->next_token = (int32_t)km_get_u32(blob + OFF_NEXT_TOKEN);
     return 0;
@@ -178,7 +242,9 @@ int km_blob_compress(const uint8_t *blob, size_t len, int level, uint8_t **out, 
         goto done;
     }
     memcpy(o, blob, head); /* header (incl. any next-token hint) and tokens */
-    km_put_u32(o + OFF_FLAGS, b.flags | KM_BLOB_F_ZSTD | (shuffle ? KM_BLOB_F_SHUFFLE2 : 0));
+    memset(o + OFF_MAC, 0, KM_BLOB_MAC_LEN); /* the MAC was for the old bytes */
+    uint32_t flags = (b.flags & ~KM_BLOB_F_MAC) | KM_BLOB_F_ZSTD | (shuffle ? KM_BLOB_F_SHUFFLE2 : 0);
+    km_put_u32(o + OFF_FLAGS, flags);
     km_put_u64(o + OFF_PLEN, n);
     km_put_u64(o + OFF_RAWLEN, plen);
     km_blob_seal(o, head + n);

@@ -51,6 +51,8 @@ struct km_mesh {
     km_node *node;
     km_members *members;
     km_peerauth *auth;
+    km_blob_key state_key; /* MACs the states we serve and verifies those we fetch (has_state_key) */
+    bool has_state_key;
     pthread_mutex_t lock;
     peer peers[MAX_PEERS];
     int n_peers;
@@ -257,13 +259,14 @@ static bool remote_maybe_has(void *ud, km_key key) {
     return km_catalog_check(r->cat->cat, key); /* the catalog never changes once installed */
 }
 
-static int remote_get(void *ud, km_key key, uint8_t **blob, size_t *len, km_error *err) {
+static int remote_get(void *ud, km_key key, size_t max_len, uint8_t **blob, size_t *len, km_error *err) {
     peer_remote *r = ud;
     char path[64], hex[2 * KM_KEY_LEN + 1];
     km_key_hex(key, hex);
     snprintf(path, sizeof path, "/peer/v1/state/%s", hex);
     long status = 0;
-    int rc = peer_call(r->m, r->id, "GET", r->addr, path, NULL, 0, r->m->p.max_blob, &status, blob, len, err);
+    size_t max = max_len < r->m->p.max_blob ? max_len : r->m->p.max_blob;
+    int rc = peer_call(r->m, r->id, "GET", r->addr, path, NULL, 0, max, &status, blob, len, err);
     if (rc != 0) return rc;
     if (status == 200) return 0;
     free(*blob);
@@ -329,7 +332,8 @@ static int acquire_remotes(void *ud, km_remote **out) {
         u->cat = p->cat;
         p->cat->refs++;
         rs[k] = (km_remote){KM_TIER_PEER, u->name, u, remote_maybe_has, remote_get, remote_reject,
-                            remote_link, remote_observe_fetch, remote_observe_wire};
+                            remote_link, remote_observe_fetch, remote_observe_wire,
+                            m->has_state_key ? &m->state_key : NULL};
         k++;
     }
     pthread_mutex_unlock(&m->lock);
@@ -541,6 +545,17 @@ static void answer_text(int *status, uint8_t **body, size_t *len, const char **t
     *type = "text/plain";
 }
 
+/* A stored state as served to a peer: without its next-token hint unless
+ * this node trusts it (a member vouches only for what it would answer with
+ * itself), then MAC'd with the mesh key if there is one. 0, or -1 when the
+ * stored bytes are not a valid blob. */
+static int prepare_state(km_mesh *m, uint8_t *blob, size_t len, bool trusted, km_error *err) {
+    km_blob_info b;
+    if (km_blob_parse(blob, len, SIZE_MAX, &b, err) != 0) return -1;
+    if (!trusted && b.has_next) km_blob_drop_hint(blob, len);
+    return m->has_state_key ? km_blob_authenticate(blob, len, &m->state_key, err) : 0;
+}
+
 void km_mesh_handle(km_mesh *m, const char *method, const char *path, const char *auth, const uint8_t *req,
                     size_t req_len, int *status, uint8_t **body, size_t *len, const char **type, char *resp_auth,
                     size_t resp_auth_cap) {
@@ -582,7 +597,16 @@ void km_mesh_handle(km_mesh *m, const char *method, const char *path, const char
         if (strlen(path + 15) != 2 * KM_KEY_LEN || km_key_from_hex(path + 15, &key) != 0) {
             answer_text(status, body, len, type, 400, "bad key '%.40s'", path + 15);
         } else {
-            int rc = km_store_get(km_node_store(m->node), key, body, len, &err);
+            bool trusted;
+            int rc = km_store_get_origin(km_node_store(m->node), key, body, len, &trusted, &err);
+            if (rc == 0 && prepare_state(m, *body, *len, trusted, &err) != 0) {
+                km_warn("mesh: stored state %s not served: %s (removed)", path + 15, err.msg);
+                km_store_remove(km_node_store(m->node), key);
+                free(*body);
+                *body = NULL;
+                *len = 0;
+                rc = 1;
+            }
             if (rc == 0) {
                 *status = 200;
                 *type = "application/octet-stream";
@@ -809,6 +833,13 @@ km_mesh *km_mesh_start(const km_mesh_params *p, km_node *node, km_metrics *metri
     if (!(m->members = km_members_new(&self, &p->members, err))) goto fail;
     if (p->seeds && km_members_add_seed_list(m->members, p->seeds, err) != 0) goto fail;
     if (p->secret && !(m->auth = km_peerauth_new(p->secret, p->secret_len, 0, err))) goto fail;
+    if (p->secret) {
+        if (km_blob_key_derive(&m->state_key, p->secret, p->secret_len, "mesh") != 0) {
+            km_error_set(err, "libsodium failed to derive the mesh state key");
+            goto fail;
+        }
+        m->has_state_key = true;
+    }
     m->metrics = metrics;
     if (metrics) {
         const char *r = "Gossip rounds by outcome";
@@ -843,7 +874,8 @@ km_mesh *km_mesh_start(const km_mesh_params *p, km_node *node, km_metrics *metri
     char allow[512] = "any";
     if (p->members.allow) km_netallow_describe(p->members.allow, allow, sizeof allow);
     km_info("mesh: node %s at %s%s%s, %s, peer allow-list %s", m->id, m->self_addr, p->seeds ? ", seeds " : "",
-            p->seeds ? p->seeds : "", m->auth ? "authenticated" : "no mesh secret (loopback only)", allow);
+            p->seeds ? p->seeds : "",
+            m->auth ? "authenticated" : "no mesh secret (loopback only; peers' states are trusted as is)", allow);
     return m;
 fail:
     km_mesh_stop(m);
@@ -871,6 +903,7 @@ void km_mesh_stop(km_mesh *m) {
     }
     km_members_free(m->members);
     km_peerauth_free(m->auth);
+    sodium_memzero(&m->state_key, sizeof m->state_key);
     pthread_mutex_destroy(&m->lock);
     pthread_mutex_destroy(&m->wake_lock);
     pthread_cond_destroy(&m->wake);

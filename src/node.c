@@ -70,7 +70,8 @@ typedef struct node_metrics {
     km_counter *completed, *failed, *cancelled, *refused;
     km_counter *hit_local, *hit_redis, *hit_peer, *hit_none;
     km_counter *tok_reused, *tok_prefilled, *tok_generated;
-    km_counter *bytes_redis, *bytes_peer, *false_pos, *rejected, *planned_skips;
+    km_counter *bytes_redis, *bytes_peer, *false_pos, *rejected, *unauthenticated, *hint_mismatches, *planned_skips,
+        *merged_bounds;
     km_histogram *ttft, *ttlt, *queue_wait;
 } node_metrics;
 
@@ -430,7 +431,10 @@ static void record(km_node *n, const km_result *r, km_finish f) {
     else km_counter_add(m->bytes_redis, (double)p->bytes_remote);
     km_counter_add(m->false_pos, p->n_false_positives);
     km_counter_add(m->rejected, p->n_rejected);
+    km_counter_add(m->unauthenticated, p->n_unauthenticated);
+    km_counter_add(m->hint_mismatches, p->n_hint_mismatches);
     km_counter_add(m->planned_skips, p->n_planned_skips);
+    km_counter_add(m->merged_bounds, p->n_bounds_merged);
     km_histogram_observe(m->ttft, r->ttft_ms / 1000.0);
     km_histogram_observe(m->ttlt, r->ttlt_ms / 1000.0);
 }
@@ -603,7 +607,7 @@ int km_node_plan(km_node *n, const char *const *segs, int n_segs, bool special, 
         km_prompt_plan_free(out);
         return km_error_set(err, "out of memory");
     }
-    out->n_bounds = km_boundaries(ends, n_segs > 1 ? n_segs : 0, out->n_tokens, n->p.block_size, out->bounds);
+    out->n_bounds = km_boundaries(ends, n_segs > 1 ? n_segs : 0, out->n_tokens, n->p.block_size, out->bounds, NULL);
     km_keys_for_boundaries(km_ctx_root_key(n->workers[0].ctx, n->p.salt), toks, out->bounds, out->n_bounds, out->keys);
     free(toks);
     free(ends);
@@ -699,10 +703,17 @@ static void metrics_register(km_node *n) {
     m->bytes_peer = km_metrics_counter(M, "kvmesh_fetched_bytes_total", bytes, "source=\"peer\"");
     m->false_pos = km_metrics_counter(M, "kvmesh_catalog_false_positives_total",
                                       "Catalog hits whose fetch found nothing", NULL);
-    m->rejected = km_metrics_counter(M, "kvmesh_rejected_states_total",
-                                     "Stored states that failed validation (recomputed instead)", NULL);
+    const char *rej = "Stored states not used, by reason: failed validation, or a MAC that did not verify "
+                      "(recomputed instead)";
+    m->rejected = km_metrics_counter(M, "kvmesh_rejected_states_total", rej, "reason=\"invalid\"");
+    m->unauthenticated = km_metrics_counter(M, "kvmesh_rejected_states_total", rej, "reason=\"unauthenticated\"");
+    m->hint_mismatches = km_metrics_counter(M, "kvmesh_state_hint_mismatches_total",
+                                            "Cached first-token hints that disagreed with the computed token "
+                                            "(the state was removed)", NULL);
     m->planned_skips = km_metrics_counter(M, "kvmesh_planner_skipped_fetches_total",
                                           "Remote states not fetched because recomputing was estimated faster", NULL);
+    m->merged_bounds = km_metrics_counter(M, "kvmesh_merged_boundaries_total",
+                                          "Segment ends not cached because the prompt had too many (prefix.h)", NULL);
     m->ttft = km_metrics_histogram(M, "kvmesh_ttft_seconds", "Time to first token (from a worker taking the request)",
                                    NULL, km_metrics_latency_buckets, km_metrics_n_latency_buckets);
     m->ttlt = km_metrics_histogram(M, "kvmesh_ttlt_seconds", "Time to last token (from a worker taking the request)",
@@ -726,6 +737,7 @@ km_node *km_node_start(const km_node_params *p, km_metrics *metrics, km_error *e
     km_node *n = calloc(1, sizeof *n);
     if (!n) return km_error_set(err, "out of memory"), NULL;
     n->p = *p;
+    n->p.store_secret = NULL; /* the Redis tier keeps what it derives from it */
     n->metrics = metrics;
     pthread_mutex_init(&n->lock, NULL);
     pthread_cond_init(&n->work, NULL);
@@ -754,7 +766,10 @@ km_node *km_node_start(const km_node_params *p, km_metrics *metrics, km_error *e
         km_redis_params rp = km_redis_default_params();
         rp.url = p->store_url;
         rp.link = n->link;
+        rp.secret = p->store_secret;
+        rp.secret_len = p->store_secret_len;
         if (!(n->redis = km_redis_open(&rp, km_model_fingerprint(n->model), err))) goto fail;
+        km_redis_log_trust(n->redis);
     }
     n->workers = calloc((size_t)p->n_parallel, sizeof *n->workers);
     if (!n->workers) {

@@ -50,6 +50,8 @@ typedef struct km_node_params {
     km_ctx_params ctx;      /* per context: n_ctx, threads, KV type, slowdown */
     km_store_params store;  /* local tiers (disk_dir = --cache-dir) */
     const char *store_url;  /* Redis tier (NULL: none) */
+    const uint8_t *store_secret; /* authenticates the Redis tier's states (NULL: trusted as is; copied) */
+    size_t store_secret_len;
     const char *link_spec;  /* emulated link for Redis and peer traffic (NULL: none) */
     const char *salt;       /* key-space salt (NULL: none) */
     int block_size;         /* cache every N tokens of prompts without segments (default 256) */

@@ -133,8 +133,8 @@ static bool redis_maybe_has(void *ud, km_key key) {
     return r->skip_catalog || km_redis_maybe_has(r->redis, key);
 }
 
-static int redis_get(void *ud, km_key key, uint8_t **blob, size_t *len, km_error *err) {
-    return km_redis_get(((redis_src *)ud)->redis, key, blob, len, err);
+static int redis_get(void *ud, km_key key, size_t max_len, uint8_t **blob, size_t *len, km_error *err) {
+    return km_redis_get(((redis_src *)ud)->redis, key, max_len, blob, len, err);
 }
 
 static void redis_reject(void *ud, km_key key, const char *why) {
@@ -174,7 +174,8 @@ static int sources_init(sources *S, const km_pcache_opts *o) {
         S->rs = (redis_src){o->redis, o->planner, o->skip_catalog};
         S->all[S->n++] = (km_remote){KM_TIER_REDIS,      "Redis",         &S->rs,
                                      redis_maybe_has,    redis_get,       redis_reject,
-                                     redis_link,         redis_observe_fetch, redis_observe_wire};
+                                     redis_link,         redis_observe_fetch, redis_observe_wire,
+                                     km_redis_key(o->redis)};
     }
     S->first_peer = S->n;
     for (int i = 0; i < o->n_remotes; i++) S->all[S->n++] = o->remotes[i];
@@ -195,24 +196,50 @@ static int by_estimate(const void *a, const void *b) {
     return x->src - y->src;               /* then local, Redis, peers in order */
 }
 
-/* Fetch the blob of a candidate: 0 got it, 1 nothing usable. */
-static int fetch_blob(km_store *store, const sources *S, km_key key, int src, uint8_t **blob, size_t *len,
-                      km_prefill_report *rep) {
+/* The largest blob a state of n_tokens tokens can be on this context: its
+ * exact size uncompressed (compression only ever shrinks it), capped by
+ * max_blob; max_blob when the state layout is unknown. */
+static size_t blob_bound(km_ctx *c, int n_tokens, size_t max_blob) {
+    size_t state = km_state_size_estimate(c, n_tokens);
+    if (state == 0) return max_blob;
+    size_t b = km_blob_size((uint32_t)n_tokens, state);
+    return b < max_blob ? b : max_blob;
+}
+
+/* Fetch the blob of a candidate: 0 got it, 1 nothing usable. *trusted: its
+ * origin is trusted (see Trust in pcache.h). A remote value larger than
+ * max_len is rejected unread; a remote blob is authenticated here, before
+ * anything else reads it. */
+static int fetch_blob(km_store *store, const sources *S, km_key key, int src, size_t max_len, uint8_t **blob,
+                      size_t *len, bool *trusted, km_prefill_report *rep) {
     km_error e;
+    *trusted = false;
     if (src < 0) {
-        int rc = km_store_get(store, key, blob, len, &e);
+        int rc = km_store_get_origin(store, key, blob, len, trusted, &e);
         if (rc < 0) km_warn("cache read failed: %s", e.msg);
         return rc == 0 ? 0 : 1;
     }
     const km_remote *r = &S->all[src];
     double t0 = km_now_ms();
-    int rc = r->get(r->ud, key, blob, len, &e);
+    int rc = r->get(r->ud, key, max_len, blob, len, &e);
     double dt = km_now_ms() - t0;
     rep->t_remote_ms += dt;
     rep->n_remote_gets++;
     if (rc == 0) {
         rep->bytes_remote += *len;
         if (r->observe_fetch) r->observe_fetch(r->ud, *len, dt);
+        if (r->key && km_blob_verify(*blob, *len, r->key, &e) != 0) {
+            char hex[2 * KM_KEY_LEN + 1];
+            km_key_hex(key, hex);
+            km_warn("cached state %s from %s rejected%s: %s", hex, r->name, r->tier == KM_TIER_PEER ? "" : " and removed",
+                    e.msg);
+            rep->n_unauthenticated++;
+            if (r->reject) r->reject(r->ud, key, e.msg);
+            free(*blob);
+            *blob = NULL;
+            return 1;
+        }
+        *trusted = r->key != NULL;
         return 0;
     }
     if (rc == 1) rep->n_false_positives++; /* the catalog was stale or wrong: a miss */
@@ -272,10 +299,11 @@ static int plan_candidates(km_ctx *c, km_store *store, const sources *S, km_plan
     return n;
 }
 
-/* Restore the best stored prefix; returns its boundary index, or -1. */
+/* Restore the best stored prefix; returns its boundary index, or -1.
+ * *check_hint gets a hint to compare with the computed token (see Trust). */
 static int restore_best(km_ctx *c, km_store *store, const sources *S, int seq, const int32_t *tokens, int n_tokens,
                         const int *bounds, int n_bounds, const km_key *keys, const km_pcache_opts *o,
-                        km_prefill_report *rep) {
+                        km_prefill_report *rep, int32_t *check_hint) {
     candidate *cand = malloc((size_t)n_bounds * (size_t)(S->n + 1) * sizeof *cand);
     if (!cand) return -1;
     int n_cand = plan_candidates(c, store, S, o->planner, n_tokens, bounds, n_bounds, keys, cand, rep);
@@ -285,7 +313,9 @@ static int restore_best(km_ctx *c, km_store *store, const sources *S, int seq, c
         const km_remote *r = src >= 0 ? &S->all[src] : NULL;
         uint8_t *blob = NULL;
         size_t len = 0;
-        if (fetch_blob(store, S, keys[i], src, &blob, &len, rep) != 0) continue;
+        bool trusted;
+        if (fetch_blob(store, S, keys[i], src, blob_bound(c, bounds[i], o->max_blob), &blob, &len, &trusted, rep) != 0)
+            continue;
         km_error e;
         km_blob_info info;
         double t0 = km_now_ms();
@@ -298,10 +328,18 @@ static int restore_best(km_ctx *c, km_store *store, const sources *S, int seq, c
             rep->hit_remote = r && src >= S->first_peer ? src - S->first_peer : -1;
             if (o->planner) km_planner_observe_restore(o->planner, (size_t)info.raw_len, dt);
             if (r && r->observe_wire) r->observe_wire(r->ud, len, (size_t)info.raw_len);
-            if (o->next_hint && bounds[i] == n_tokens - 1 && info.has_next && info.next_from == tokens[n_tokens - 1])
-                rep->next_hint = info.next_token;
-            /* keep a fetched state locally: the next request finds it without the network */
-            if (r && store) km_store_put(store, keys[i], blob, len, &e);
+            if (bounds[i] == n_tokens - 1 && info.has_next && info.next_from == tokens[n_tokens - 1]) {
+                if (trusted && o->next_hint) rep->next_hint = info.next_token;
+                else *check_hint = info.next_token; /* decoded all the same: compared after the prefill */
+            }
+            /* keep a fetched state locally, as trusted as its source: the next
+             * request finds it without the network */
+            if (r && store) {
+                if (trusted) km_store_put(store, keys[i], blob, len, &e);
+                else km_store_put_untrusted(store, keys[i], blob, len, &e);
+            }
+            rep->hit_key = keys[i];
+            rep->hit_trusted = trusted;
             hit = i;
         } else {
             char hex[2 * KM_KEY_LEN + 1];
@@ -321,6 +359,26 @@ static int restore_best(km_ctx *c, km_store *store, const sources *S, int seq, c
     return hit;
 }
 
+/* A next-token hint disagreed with the token computed from its state: the
+ * blob is wrong or forged. Count it, log it as the error it is, and remove
+ * the blob from every tier it came from (the local copy; the Redis value; a
+ * peer is told: its copy is its own to drop). */
+static void drop_bad_hint(km_store *store, const km_pcache_opts *o, km_prefill_report *rep, int32_t hint,
+                          int32_t computed) {
+    char hex[2 * KM_KEY_LEN + 1];
+    km_key_hex(rep->hit_key, hex);
+    const km_remote *peer = rep->hit_tier == KM_TIER_PEER && rep->hit_remote >= 0 && rep->hit_remote < o->n_remotes
+                                ? &o->remotes[rep->hit_remote]
+                                : NULL;
+    km_warn("error: cached state %s from %s hints first token %d, but its state computes %d: wrong or forged state "
+            "removed", hex, rep->hit_tier == KM_TIER_REDIS ? "Redis" : peer ? peer->name : "the local store", hint, computed);
+    rep->n_hint_mismatches++;
+    if (store) km_store_remove(store, rep->hit_key);
+    km_error e;
+    if (rep->hit_tier == KM_TIER_REDIS && o->redis) km_redis_del(o->redis, rep->hit_key, &e);
+    if (peer && peer->reject) peer->reject(peer->ud, rep->hit_key, "its next-token hint disagrees with its state");
+}
+
 int km_pcache_prefill(km_ctx *c, km_store *store, int seq, const int32_t *tokens, int n_tokens, const int *bounds,
                       int n_bounds, const km_pcache_opts *opts, km_prefill_report *rep, km_error *err) {
     km_pcache_opts o = opts ? *opts : km_pcache_default_opts();
@@ -334,6 +392,7 @@ int km_pcache_prefill(km_ctx *c, km_store *store, int seq, const int32_t *tokens
 
     km_key *keys = NULL;
     int n_past = 0;
+    int32_t check_hint = -1;
     km_redis *redis = o.redis;
     if ((store || redis || o.n_remotes > 0) && n_bounds > 0) {
         double t0 = km_now_ms();
@@ -343,7 +402,8 @@ int km_pcache_prefill(km_ctx *c, km_store *store, int seq, const int32_t *tokens
         /* a failed restore leaves the sequence empty (km_state_restore) */
         sources S;
         if (o.lookup && sources_init(&S, &o) == 0) {
-            rep->hit_index = restore_best(c, store, &S, seq, tokens, n_tokens, bounds, n_bounds, keys, &o, rep);
+            rep->hit_index =
+                restore_best(c, store, &S, seq, tokens, n_tokens, bounds, n_bounds, keys, &o, rep, &check_hint);
             free(S.all);
         }
         rep->t_lookup_ms = km_now_ms() - t0 - rep->t_restore_ms;
@@ -364,6 +424,10 @@ int km_pcache_prefill(km_ctx *c, km_store *store, int seq, const int32_t *tokens
     rep->t_prefill_ms = km_now_ms() - t0 - rep->t_save_ms; /* the snapshots' time is theirs */
     if (rc == 0) finish_end_snapshot(&sc);
     free(sc.pending);
+    if (rc == 0 && check_hint >= 0) {
+        int32_t computed = km_logits_argmax(c);
+        if (computed != check_hint) drop_bad_hint(store, &o, rep, check_hint, computed);
+    }
     if (rc == 0 && o.planner) km_planner_observe_prefill(o.planner, rep->n_prefilled, rep->t_prefill_ms);
     free(keys);
     return rc;
@@ -417,29 +481,35 @@ static int run_on_token(void *ud, int32_t tok) {
 }
 
 /* km_generate after a next-token hint: the hint was reported already, so the
- * same token, sampled again from the now computed logits, is not repeated. */
+ * same token, sampled again from the now computed logits, is not repeated.
+ * A different one means the trusted state was wrong after all (see Trust). */
 typedef struct after_hint {
     run_timer *t;
     int32_t hint;
     bool seen;
+    km_store *store;
+    const km_pcache_opts *opts;
+    km_prefill_report *rep;
 } after_hint;
 
 static int after_hint_on_token(void *ud, int32_t tok) {
     after_hint *h = ud;
     if (h->seen) return run_on_token(h->t, tok);
     h->seen = true;
-    if (tok != h->hint) km_warn("cached next token %d differs from the computed %d (stale or foreign hint)", h->hint, tok);
+    if (tok != h->hint) drop_bad_hint(h->store, h->opts, h->rep, h->hint, tok);
     return 0;
 }
 
 /* Generation when a full hit supplied the first token: report it at once;
  * decode the last prompt token only if more tokens are wanted. */
-static int generate_from_hint(km_ctx *c, int seq, const int32_t *tokens, int n, km_sampler *s, const km_request *req,
-                              run_timer *t, int32_t hint, km_error *err) {
+static int generate_from_hint(km_ctx *c, km_store *store, int seq, const int32_t *tokens, int n, km_sampler *s,
+                              const km_request *req, const km_pcache_opts *o, km_result *res, run_timer *t,
+                              km_error *err) {
+    int32_t hint = res->prefill.next_hint;
     if (km_token_is_eog(km_ctx_model(c), hint)) return 0;
     if (run_on_token(t, hint) != 0 || req->n_predict <= 1) return 1;
     if (km_pcache_decode_last(c, seq, tokens, n, err) != 0) return -1;
-    after_hint h = {t, hint, false};
+    after_hint h = {t, hint, false, store, o, &res->prefill};
     return km_generate(c, seq, n, s, req->n_predict, after_hint_on_token, &h, err);
 }
 
@@ -461,14 +531,19 @@ int km_pcache_run(km_ctx *c, km_store *store, int seq, const km_request *req, km
         return km_error_set(err, "prompt (%d tokens) + %d to generate exceed the context size %d", n, req->n_predict, n_ctx);
     }
     int *bounds = malloc((size_t)n * sizeof *bounds);
-    int nb = km_boundaries(ends, req->segment_bounds ? req->n_segs : 0, n, req->block_size, bounds);
+    int merged;
+    int nb = km_boundaries(ends, req->segment_bounds ? req->n_segs : 0, n, req->block_size, bounds, &merged);
+    if (merged) km_debug("%d of the prompt's segment ends or blocks merged (at most %d boundaries)", merged, KM_MAX_BOUNDS);
     km_pcache_opts o = req->opts ? *req->opts : km_pcache_default_opts();
-    o.next_hint = req->sampling.temp <= 0; /* the hint is what greedy decoding picks */
-    if (km_pcache_prefill(c, store, seq, tokens, n, bounds, nb, &o, &res->prefill, err) == 0) {
+    /* the hint is what greedy decoding picks first: for greedy requests that want a token */
+    o.next_hint = req->sampling.temp <= 0 && req->n_predict > 0;
+    int prc = km_pcache_prefill(c, store, seq, tokens, n, bounds, nb, &o, &res->prefill, err);
+    res->prefill.n_bounds_merged = merged;
+    if (prc == 0) {
         km_sampler *s = km_sampler_init(&req->sampling);
         run_timer t = {req, 0, 0, 0};
         if (res->prefill.next_hint >= 0)
-            res->n_generated = generate_from_hint(c, seq, tokens, n, s, req, &t, res->prefill.next_hint, err);
+            res->n_generated = generate_from_hint(c, store, seq, tokens, n, s, req, &o, res, &t, err);
         else
             res->n_generated = km_generate(c, seq, n, s, req->n_predict, run_on_token, &t, err);
         km_sampler_free(s);

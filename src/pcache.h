@@ -13,7 +13,17 @@
  *
  * A blob that fails validation is reported, counted, removed from the store,
  * and the next shorter prefix is tried: a bad blob costs time, never a wrong
- * answer. The result is bit-identical to a cold prefill (see engine.h). */
+ * answer. The result is bit-identical to a cold prefill (see engine.h).
+ *
+ * Trust: a remote holder with a key (km_remote.key: the Redis tier's store
+ * key, the mesh's key) must send blobs carrying its MAC; one that does not
+ * verify is "unauthenticated": counted, removed there (Redis: DEL), never
+ * stored here, and the next shorter prefix is tried. A state's next-token
+ * hint is only answered with when its origin is trusted: the local store's
+ * own bytes (km_store_get_origin) or a blob authenticated just now. Any other
+ * hint is checked instead: the last prompt token is decoded and its greedy
+ * token compared. A hint that ever disagrees with the computed token is an
+ * error: counted, logged, and the blob removed from every tier it came from. */
 #ifndef KVMESH_PCACHE_H
 #define KVMESH_PCACHE_H
 
@@ -38,9 +48,11 @@ typedef struct km_remote {
     void *ud;
     /* Catalog check, no I/O: may the holder have key? */
     bool (*maybe_has)(void *ud, km_key key);
-    /* Fetch: 0 got it (*blob malloc'd), 1 not there (a catalog false
-     * positive), 2 a value that can never be a blob, -1 error. */
-    int (*get)(void *ud, km_key key, uint8_t **blob, size_t *len, km_error *err);
+    /* Fetch a blob of at most max_len bytes (the largest the key's state can
+     * be; a larger value is never read whole): 0 got it (*blob malloc'd),
+     * 1 not there (a catalog false positive), 2 a value that can never be a
+     * blob (e.g. larger), -1 error. */
+    int (*get)(void *ud, km_key key, size_t max_len, uint8_t **blob, size_t *len, km_error *err);
     /* A fetched blob failed validation (or was unusable): tell the holder's side. */
     void (*reject)(void *ud, km_key key, const char *why);
     /* Copy of the measured link to the holder (for the planner). */
@@ -48,6 +60,9 @@ typedef struct km_remote {
     /* Feed the link: a GET of wire_bytes took ms; a blob of wire_bytes held state_bytes. */
     void (*observe_fetch)(void *ud, size_t wire_bytes, double ms);
     void (*observe_wire)(void *ud, size_t wire_bytes, size_t state_bytes);
+    /* States from it must carry a MAC made with this key (km_blob_verify);
+     * NULL: the holder is trusted as is (its hints are checked, not used). */
+    const km_blob_key *key;
 } km_remote;
 
 typedef struct km_pcache_opts {
@@ -71,12 +86,15 @@ km_pcache_opts km_pcache_default_opts(void);
 typedef struct km_prefill_report {
     int n_prompt;        /* prompt tokens */
     int n_bounds;        /* boundaries (the last is n_prompt - 1) */
+    int n_bounds_merged; /* segment ends or blocks left out: at most KM_MAX_BOUNDS per prompt (km_pcache_run) */
     int hit_index;       /* boundary restored from (0-based), -1 on a miss */
     int hit_tier;        /* KM_TIER_* the restored state came from */
     int hit_remote;      /* index into opts->remotes of a KM_TIER_PEER hit, else -1 */
     int n_reused;        /* tokens restored from the cache */
     int n_prefilled;     /* tokens computed */
     int n_rejected;      /* stored blobs that failed validation (removed) */
+    int n_unauthenticated; /* remote blobs whose MAC did not verify (removed there, not used) */
+    int n_hint_mismatches; /* next-token hints that disagreed with the computed token (blob removed) */
     int n_saved;         /* snapshots stored */
     size_t bytes_loaded; /* blob bytes restored */
     size_t bytes_saved;  /* blob bytes stored */
@@ -94,6 +112,8 @@ typedef struct km_prefill_report {
     double est_fetch_ms, est_recompute_ms; /* the planner's figures for the longest remote candidate */
     int32_t next_hint;   /* >= 0: greedy first token supplied by a full hit; the last
                             prompt token is then NOT decoded yet (km_pcache_decode_last) */
+    km_key hit_key;      /* key of the restored state (hit_index >= 0) */
+    bool hit_trusted;    /* its origin is trusted (see Trust above) */
 } km_prefill_report;
 
 /* Prefill tokens[0..n_tokens) into seq (cleared first) using and feeding the
@@ -103,9 +123,10 @@ typedef struct km_prefill_report {
  * last) is stored after the last token was decoded, together with that
  * token and the token greedy decoding picks next. A later greedy request for
  * the same prompt (opts->next_hint) then gets its first token with no compute
- * at all: rep->next_hint. The state is restored all the same; call
- * km_pcache_decode_last before generating more, and the continuation is
- * bit-identical to a cold run. */
+ * at all: rep->next_hint -- if the state's origin is trusted; otherwise the
+ * last token is decoded and the hint compared (see Trust). The state is
+ * restored all the same; call km_pcache_decode_last before generating more,
+ * and the continuation is bit-identical to a cold run. */
 int km_pcache_prefill(km_ctx *c, km_store *store, int seq, const int32_t *tokens, int n_tokens, const int *bounds,
                       int n_bounds, const km_pcache_opts *opts, km_prefill_report *rep, km_error *err);
 
@@ -125,7 +146,9 @@ int km_pcache_restore_blob(km_ctx *c, int seq, const uint8_t *blob, size_t len, 
 
 
 /* One whole request: tokenize, prefill through the cache, generate. This is
- * the single code path of `kvmesh run`, the demo and the benchmarks. */
+ * the single code path of `kvmesh run`, the demo and the benchmarks.
+ * n_predict 0 prefills (and caches) the prompt and generates nothing, hit or
+ * miss: the hint is not used then. */
 typedef struct km_request {
     const char *const *segs;   /* prompt text, as segments */
     int n_segs;

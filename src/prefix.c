@@ -95,7 +95,10 @@ static int cmp_int(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-int km_boundaries(const int *seg_ends, int n_seg, int n_tokens, int block_size, int *out) {
+#define BOUNDS_MIN_GAP 64 /* tokens between merged boundaries at least ... */
+#define BOUNDS_SPREAD 8   /* ... and 1/8 of the position before: geometric spacing */
+
+int km_boundaries(const int *seg_ends, int n_seg, int n_tokens, int block_size, int *out, int *n_merged) {
     int n = 0;
     int last = n_tokens - 1;
     if (n_seg > 0) {
@@ -105,9 +108,21 @@ int km_boundaries(const int *seg_ends, int n_seg, int n_tokens, int block_size, 
         for (int b = block_size; b < last; b += block_size) out[n++] = b;
     }
     qsort(out, (size_t)n, sizeof *out, cmp_int);
-    int m = 0;
-    for (int i = 0; i < n; i++)
-        if (m == 0 || out[m - 1] != out[i]) out[m++] = out[i];
+    /* Dedup and merge in one pass, in order, so that keeping a candidate
+     * depends on the ones before it only (see prefix.h). */
+    int m = 0, merged = 0;
+    for (int i = 0; i < n; i++) {
+        if (m > 0 && out[m - 1] == out[i]) continue;
+        if (m >= KM_BOUNDS_DENSE) {
+            int gap = out[m - 1] / BOUNDS_SPREAD > BOUNDS_MIN_GAP ? out[m - 1] / BOUNDS_SPREAD : BOUNDS_MIN_GAP;
+            if (m >= KM_MAX_BOUNDS - 1 || out[i] - out[m - 1] < gap) {
+                merged++;
+                continue;
+            }
+        }
+        out[m++] = out[i];
+    }
     if (last > 0) out[m++] = last;
+    if (n_merged) *n_merged = merged;
     return m;
 }

@@ -41,13 +41,29 @@ bool km_key_equal(km_key a, km_key b);
 void km_key_hex(km_key k, char out[2 * KM_KEY_LEN + 1]);
 int km_key_from_hex(const char *hex, km_key *out);
 
+/* At most this many boundaries per prompt: each one stores a whole state, so
+ * a prompt of n tokens cut at every segment end would store O(n^2) bytes. */
+#define KM_MAX_BOUNDS 64
+/* The first candidates kept as given, however close together. */
+#define KM_BOUNDS_DENSE 32
+
 /* Boundaries of a prompt of n_tokens tokens (n_tokens >= 1).
  * seg_ends: token offsets where caller-marked segments end (any order, may hold
  * duplicates or values out of range, which are dropped); n_seg = 0 means no
  * explicit segments, and then fixed blocks of block_size tokens are used
  * (block_size <= 0: no blocks). n_tokens - 1 is always added as the last boundary;
- * 0 is never a boundary. Writes at most n_tokens values to out and returns how
- * many (out must hold n_tokens ints). */
-int km_boundaries(const int *seg_ends, int n_seg, int n_tokens, int block_size, int *out);
+ * 0 is never a boundary.
+ *
+ * Candidates are merged past the first KM_BOUNDS_DENSE: a later one is kept
+ * only if it lies at least max(64, p / 8) tokens past the kept boundary p
+ * before it, and none after the (KM_MAX_BOUNDS - 1)-th; *n_merged (may be
+ * NULL) gets how many were dropped. Whether a candidate is kept depends only
+ * on the candidates before it, never on what follows: two prompts sharing a
+ * prefix get the same boundaries (and keys) in it, so merging never costs the
+ * reuse of a prefix.
+ *
+ * Writes at most n_tokens values to out and returns how many (out must hold
+ * n_tokens ints). */
+int km_boundaries(const int *seg_ends, int n_seg, int n_tokens, int block_size, int *out, int *n_merged);
 
 #endif

@@ -8,11 +8,17 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "blob.h"
 
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
+#define CATALOG_MAX ((size_t)64 << 20) /* largest master catalog read */
+#define EPOCH_LEN (2 * KM_KEY_LEN)      /* hex digits of a catalog epoch */
+/* Redis's memory for an upload list of n keys (16-byte strings) is about
+ * 18 bytes each plus ~150 (7.0, MEMORY USAGE): more than this is not keys. */
+#define LIST_BYTES_MAX(n) (32 * (n) + 4096)
 
 /* One connection with its own down/backoff state. The request path and the
  * writer thread each own one: hiredis contexts are not thread-safe, and an
@@ -30,6 +36,7 @@ typedef struct job {
     uint8_t *data;
     size_t len;     /* of data: as queued, then as compressed by the writer */
     size_t raw_len; /* as queued */
+    bool retried;   /* sent once on a connection that broke */
     struct job *next;
 } job;
 
@@ -40,6 +47,8 @@ struct km_redis {
     int port, db;
     char *user, *password;
     char ns[48]; /* "kvmesh:v1:<fingerprint hex>:" (43 chars) */
+    km_blob_key key; /* store key (has_key) */
+    bool has_key;
 
     pthread_mutex_t req_lock; /* request path: req connection */
     conn req;
@@ -61,7 +70,9 @@ struct km_redis {
     km_catalog *catalog;
     uint64_t cat_pos;         /* entries of the added list the copy covers */
     double last_full_ms, last_rebuild_ms;
-    pthread_mutex_t sync_lock; /* sync connection; one sync at a time */
+    pthread_mutex_t sync_lock; /* sync connection, epoch; one sync at a time */
+    char epoch[EPOCH_LEN + 1]; /* the catalog epoch the copy belongs to */
+    bool has_epoch;            /* false until the first sync read one */
     conn sync;
     pthread_t syncer;
     pthread_cond_t sync_cond; /* wakes the syncer early (stop); waits under q_lock */
@@ -168,7 +179,10 @@ static redisContext *connect_redis(km_redis *r, km_error *err) {
     return c;
 }
 
-static void mark_down(km_redis *r, conn *cn, const char *why) {
+static void mark_down(km_redis *r, conn *cn, const char *why_in) {
+    /* why_in is often the errstr of cn->ctx, which is freed just below */
+    char why[256];
+    snprintf(why, sizeof why, "%s", why_in && *why_in ? why_in : "connection lost");
     if (cn->ctx) {
         redisFree(cn->ctx);
         cn->ctx = NULL;
@@ -227,6 +241,13 @@ static redisReply *command(km_redis *r, conn *cn, km_error *err, const char *wha
     return rep;
 }
 
+/* GETRANGE key 0 max: at most max + 1 bytes of a string value, so a larger
+ * one shows by its extra byte and is never read whole (a GET buffers all of
+ * it, up to Redis's 512 MB, before we can look). A missing key reads as "". */
+static redisReply *get_upto(km_redis *r, conn *cn, km_error *err, const char *what, const char *key, size_t max) {
+    return command(r, cn, err, what, "GETRANGE %s 0 %llu", key, (unsigned long long)max);
+}
+
 void km_redis_state_key(const km_redis *r, km_key key, char *out, size_t len) {
     char hex[2 * KM_KEY_LEN + 1];
     km_key_hex(key, hex);
@@ -255,6 +276,13 @@ static double compress_job(km_redis *r, job *j) {
     return km_now_ms() - t0;
 }
 
+/* MAC a job's state blob with the store key, after compression (which would
+ * drop it). A value that is not a blob goes as given: readers reject it. */
+static void authenticate_job(km_redis *r, job *j) {
+    km_error e;
+    if (km_blob_authenticate(j->data, j->len, &r->key, &e) != 0) km_debug("Redis upload sent unauthenticated: %s", e.msg);
+}
+
 static void *writer_main(void *arg) {
     km_redis *r = arg;
     pthread_mutex_lock(&r->q_lock);
@@ -274,7 +302,8 @@ static void *writer_main(void *arg) {
         redisContext *c = ensure(r, &r->wr);
         /* only when connected: no CPU spent on jobs that wait for the tier */
         double ct = c && r->p.compress_level != 0 ? compress_job(r, j) : 0;
-        bool sent = false;
+        if (c && r->has_key) authenticate_job(r, j);
+        bool sent = false, broke = false;
         char key[128];
         km_redis_state_key(r, j->key, key, sizeof key);
         if (c) {
@@ -287,6 +316,7 @@ static void *writer_main(void *arg) {
             redisReply *set = NULL, *push = NULL;
             if (redisGetReply(c, (void **)&set) != REDIS_OK || redisGetReply(c, (void **)&push) != REDIS_OK) {
                 mark_down(r, &r->wr, c->errstr);
+                broke = true;
             } else if (set->type == REDIS_REPLY_ERROR) {
                 km_warn("Redis SET %s failed: %s", key, set->str);
             } else {
@@ -310,8 +340,11 @@ static void *writer_main(void *arg) {
             r->st.bytes_up_raw += j->raw_len;
             free(j->data);
             free(j);
-        } else if (!c && !r->stop) {
-            /* Down: put it back at the front and wait for the retry time (or stop). */
+        } else if ((!c || (broke && !j->retried)) && !r->stop) {
+            /* Down: put it back at the front and wait for the retry time (or
+             * stop). A connection that broke under the job (e.g. Redis
+             * restarted since the last upload) gets it once more. */
+            j->retried |= broke;
             j->next = r->head;
             r->head = j;
             if (!r->tail) r->tail = j;
@@ -336,20 +369,26 @@ static void *writer_main(void *arg) {
 
 static void ns_key(const km_redis *r, const char *suffix, char *out, size_t len) { snprintf(out, len, "%s%s", r->ns, suffix); }
 
-/* Replace the local copy with the master catalog, if there is one. */
-static int load_master(km_redis *r, km_error *err) {
+/* Replace the local copy with the master catalog, if there is one that
+ * covers at most list_len entries (one covering more was made before the
+ * upload list lost entries: its position means nothing now). */
+static int load_master(km_redis *r, uint64_t list_len, km_error *err) {
     char k[128];
     ns_key(r, "catalog", k, sizeof k);
     double t0 = km_now_ms();
-    redisReply *rep = command(r, &r->sync, err, "catalog GET", "GET %s", k);
+    redisReply *rep = get_upto(r, &r->sync, err, "catalog GET", k, CATALOG_MAX);
     if (!rep) return -1;
     int rc = 0;
-    if (rep->type == REDIS_REPLY_STRING) {
+    if (rep->type == REDIS_REPLY_STRING && rep->len > 0) {
         km_link_request(r->p.link, t0, 64, (size_t)rep->len);
-        km_catalog *m = km_catalog_decode((const uint8_t *)rep->str, (size_t)rep->len, (size_t)64 << 20, err);
+        km_catalog *m = km_catalog_decode((const uint8_t *)rep->str, (size_t)rep->len, CATALOG_MAX, err);
         if (!m) {
             km_warn("master catalog in Redis is invalid (%s); keeping the local copy", err->msg);
             rc = -1;
+        } else if (km_catalog_version(m) > list_len) {
+            km_debug("master catalog covers %llu list entries, the list has %llu: ignored until a rebuild",
+                     (unsigned long long)km_catalog_version(m), (unsigned long long)list_len);
+            km_catalog_free(m);
         } else {
             pthread_mutex_lock(&r->cat_lock);
             km_catalog_free(r->catalog);
@@ -367,17 +406,20 @@ static int load_master(km_redis *r, km_error *err) {
     return rc;
 }
 
-/* Add the list entries past cat_pos. */
-static int load_delta(km_redis *r, km_error *err) {
+/* Add the list entries past cat_pos, up to end (the length it was checked
+ * at: entries pushed since are left to the next sync). */
+static int load_delta(km_redis *r, uint64_t end, km_error *err) {
     char k[128];
     ns_key(r, "added", k, sizeof k);
     for (;;) {
         pthread_mutex_lock(&r->cat_lock);
         uint64_t pos = r->cat_pos;
         pthread_mutex_unlock(&r->cat_lock);
+        if (pos >= end) return 0;
+        uint64_t last = end - pos > 4096 ? pos + 4095 : end - 1;
         double t0 = km_now_ms();
         redisReply *rep = command(r, &r->sync, err, "catalog LRANGE", "LRANGE %s %llu %llu", k, (unsigned long long)pos,
-                                  (unsigned long long)pos + 4095);
+                                  (unsigned long long)last);
         if (!rep) return -1;
         if (rep->type != REDIS_REPLY_ARRAY) {
             freeReplyObject(rep);
@@ -405,15 +447,106 @@ static int load_delta(km_redis *r, km_error *err) {
         r->st.catalog_delta_keys += n;
         r->st.catalog_bytes_down += bytes;
         pthread_mutex_unlock(&r->q_lock);
-        if (n < 4096) return 0;
+        if (n == 0) return 0; /* shorter than it was: the next sync resets */
     }
+}
+
+/* A fresh random catalog epoch. */
+static void new_epoch(char out[EPOCH_LEN + 1]) {
+    km_key k;
+    if (getentropy(k.b, sizeof k.b) != 0) { /* unique is enough: time and pid */
+        km_put_u64(k.b, (uint64_t)(km_now_ms() * 1000.0));
+        km_put_u64(k.b + 8, (uint64_t)getpid());
+    }
+    km_key_hex(k, out);
+}
+
+/* Whether the upload list (of len entries) holds more than keys: LRANGE
+ * reads its entries whole, and Redis allows 512 MB each. 1 yes, 0 no or
+ * unknown (MEMORY not allowed or not there: then unchecked), -1 down. */
+static int list_bloated(km_redis *r, const char *lk, uint64_t len, km_error *err) {
+    redisReply *rep = command(r, &r->sync, err, "catalog MEMORY", "MEMORY USAGE %s SAMPLES 0", lk);
+    if (!rep) return -1;
+    int rc = rep->type == REDIS_REPLY_INTEGER && (uint64_t)rep->integer > LIST_BYTES_MAX(len);
+    if (rc) km_error_set(err, "catalog list %s holds %lld bytes for %llu entries: more than keys "
+                         "(`kvmesh catalog rebuild` repairs it)", lk, rep->integer, (unsigned long long)len);
+    freeReplyObject(rep);
+    return rc;
+}
+
+/* The catalog's epoch and the upload list's length. The epoch is a random
+ * token that the first client to find none sets (SET NX): Redis restarting
+ * empty loses it, and a rebuild that has to recreate the list replaces it.
+ * Either way list positions of another epoch mean nothing any more. The
+ * length catches a list that lost entries otherwise (an older snapshot
+ * restored). */
+static int read_epoch(km_redis *r, char epoch[EPOCH_LEN + 1], uint64_t *list_len, km_error *err) {
+    char ek[128], lk[128];
+    ns_key(r, "epoch", ek, sizeof ek);
+    ns_key(r, "added", lk, sizeof lk);
+    redisReply *rep = get_upto(r, &r->sync, err, "catalog GET", ek, EPOCH_LEN);
+    if (rep && rep->type == REDIS_REPLY_STRING && rep->len == 0) { /* none yet */
+        freeReplyObject(rep);
+        char fresh[EPOCH_LEN + 1];
+        new_epoch(fresh);
+        rep = command(r, &r->sync, err, "catalog SET", "SET %s %s NX", ek, fresh);
+        if (rep) freeReplyObject(rep);
+        rep = rep ? get_upto(r, &r->sync, err, "catalog GET", ek, EPOCH_LEN) : NULL;
+    }
+    if (!rep) return -1;
+    /* any string is an epoch: garbage written there is just another one */
+    size_t n = rep->type == REDIS_REPLY_STRING ? (size_t)rep->len : 0;
+    if (n > EPOCH_LEN) n = EPOCH_LEN;
+    memcpy(epoch, n ? rep->str : "", n);
+    epoch[n] = 0;
+    freeReplyObject(rep);
+    rep = command(r, &r->sync, err, "catalog LLEN", "LLEN %s", lk);
+    if (!rep) return -1;
+    int rc = 0;
+    if (rep->type == REDIS_REPLY_INTEGER && rep->integer >= 0) *list_len = (uint64_t)rep->integer;
+    else rc = km_error_set(err, "catalog list %s is not a list (`kvmesh catalog rebuild` repairs it)", lk);
+    freeReplyObject(rep);
+    return rc;
+}
+
+/* Forget the copy: it describes a tier that no longer exists. */
+static void reset_copy(km_redis *r) {
+    pthread_mutex_lock(&r->cat_lock);
+    km_catalog_clear(r->catalog);
+    r->cat_pos = 0;
+    pthread_mutex_unlock(&r->cat_lock);
+    pthread_mutex_lock(&r->q_lock);
+    r->st.catalog_resets++;
+    pthread_mutex_unlock(&r->q_lock);
 }
 
 int km_redis_catalog_sync(km_redis *r, bool force_full, km_error *err) {
     pthread_mutex_lock(&r->sync_lock);
-    if (force_full || r->last_full_ms == 0 || km_now_ms() - r->last_full_ms >= r->p.full_refresh_ms)
-        load_master(r, err); /* an invalid master is reported; the delta still runs */
-    int rc = load_delta(r, err);
+    char epoch[EPOCH_LEN + 1];
+    uint64_t list_len = 0;
+    int rc = read_epoch(r, epoch, &list_len, err);
+    if (rc == 0) {
+        pthread_mutex_lock(&r->cat_lock);
+        bool behind = list_len < r->cat_pos;
+        pthread_mutex_unlock(&r->cat_lock);
+        if ((r->has_epoch && strcmp(epoch, r->epoch) != 0) || behind) {
+            km_info("Redis at %s:%d: the catalog's upload list was reset (server restarted empty, or rebuilt); "
+                    "reloading the catalog", r->host, r->port);
+            reset_copy(r);
+            force_full = true;
+        }
+        memcpy(r->epoch, epoch, sizeof r->epoch);
+        r->has_epoch = true;
+        if (force_full || r->last_full_ms == 0 || km_now_ms() - r->last_full_ms >= r->p.full_refresh_ms)
+            load_master(r, list_len, err); /* an invalid master is reported; the delta still runs */
+        /* entries to read: checked for what is not a key first */
+        char lk[128];
+        ns_key(r, "added", lk, sizeof lk);
+        pthread_mutex_lock(&r->cat_lock);
+        bool delta = list_len > r->cat_pos;
+        pthread_mutex_unlock(&r->cat_lock);
+        rc = delta && list_bloated(r, lk, list_len, err) != 0 ? -1 : load_delta(r, list_len, err);
+    }
     pthread_mutex_unlock(&r->sync_lock);
     pthread_mutex_lock(&r->q_lock);
     r->st.catalog_syncs++;
@@ -442,13 +575,33 @@ int km_redis_catalog_rebuild(km_redis *r, uint32_t *n_keys, km_error *err) {
     ns_key(r, "catalog", master, sizeof master);
     size_t plen = strlen(pattern) - 1; /* prefix before the '*' */
     int rc = -1;
+    bool recreated = false;
     pthread_mutex_lock(&r->sync_lock);
     /* The list length first: keys uploaded after this point are list entries
      * past it, which every client adds on top of the master anyway. */
-    redisReply *rep = expect_type(command(r, &r->sync, err, "LLEN", "LLEN %s", list), REDIS_REPLY_INTEGER, "LLEN", err);
-    if (!rep) goto out;
-    uint64_t pos = (uint64_t)rep->integer;
+    uint64_t pos = 0;
+    redisReply *rep = command(r, &r->sync, err, "LLEN", "LLEN %s", list);
+    bool wrong_type = rep && rep->type == REDIS_REPLY_ERROR && strncmp(rep->str, "WRONGTYPE", 9) == 0;
+    if (!wrong_type) {
+        rep = expect_type(rep, REDIS_REPLY_INTEGER, "LLEN", err);
+        if (!rep) goto out;
+        pos = (uint64_t)rep->integer;
+    }
     freeReplyObject(rep);
+    int bloated = wrong_type || pos == 0 ? 0 : list_bloated(r, list, pos, err);
+    if (bloated < 0) goto out;
+    if (wrong_type || bloated) {
+        /* Some other value where the list belongs (no upload could be
+         * listed), or entries that are not keys (no client reads it): start
+         * a new list, at position 0; the SCAN below finds every state. */
+        km_warn("catalog list %s %s: deleting it, the catalog is rebuilt from the states present", list,
+                wrong_type ? "is not a list" : "holds more than keys");
+        rep = expect_type(command(r, &r->sync, err, "DEL", "DEL %s", list), REDIS_REPLY_INTEGER, "DEL", err);
+        if (!rep) goto out;
+        freeReplyObject(rep);
+        pos = 0;
+        recreated = true;
+    }
     char cursor[32] = "0";
     do {
         rep = expect_type(command(r, &r->sync, err, "SCAN", "SCAN %s MATCH %s COUNT 1000", cursor, pattern),
@@ -473,14 +626,24 @@ int km_redis_catalog_rebuild(km_redis *r, uint32_t *n_keys, km_error *err) {
     free(buf);
     if (!rep) goto out;
     freeReplyObject(rep);
+    if (recreated) {
+        /* A new epoch, after the master: a client that sees it reloads, and
+         * finds the master of the new list. */
+        char ek[128];
+        ns_key(r, "epoch", ek, sizeof ek);
+        new_epoch(r->epoch);
+        rep = expect_type(command(r, &r->sync, err, "SET", "SET %s %s", ek, r->epoch), REDIS_REPLY_STATUS, "SET", err);
+        if (!rep) goto out;
+        freeReplyObject(rep);
+        r->has_epoch = true;
+    }
     pthread_mutex_lock(&r->cat_lock);
     km_catalog_free(r->catalog);
     r->catalog = cat;
     cat = NULL;
     r->cat_pos = pos;
     pthread_mutex_unlock(&r->cat_lock);
-    r->last_rebuild_ms = km_now_ms();
-    load_delta(r, err);
+    r->last_rebuild_ms = r->last_full_ms = km_now_ms(); /* the copy is the master now */
     pthread_mutex_lock(&r->q_lock);
     r->st.catalog_rebuilds++;
     pthread_mutex_unlock(&r->q_lock);
@@ -488,6 +651,10 @@ int km_redis_catalog_rebuild(km_redis *r, uint32_t *n_keys, km_error *err) {
 out:
     pthread_mutex_unlock(&r->sync_lock);
     km_catalog_free(cat);
+    if (rc == 0) {
+        km_error e; /* uploads since the list length was taken: a sync's delta (it may fail: the rebuild did not) */
+        km_redis_catalog_sync(r, false, &e);
+    }
     return rc;
 }
 
@@ -500,6 +667,7 @@ bool km_redis_maybe_has(km_redis *r, km_key key) {
 
 static void *syncer_main(void *arg) {
     km_redis *r = arg;
+    bool warned = false;
     pthread_mutex_lock(&r->q_lock);
     while (!r->stop) {
         pthread_mutex_unlock(&r->q_lock);
@@ -508,7 +676,14 @@ static void *syncer_main(void *arg) {
             uint32_t n;
             if (km_redis_catalog_rebuild(r, &n, &e) != 0) r->last_rebuild_ms = km_now_ms(); /* retry next period */
         }
-        km_redis_catalog_sync(r, false, &e);
+        /* An outage is reported by the connection; what else keeps the copy
+         * from syncing (a broken upload list) is reported once, until fixed. */
+        bool failed = km_redis_catalog_sync(r, false, &e) != 0;
+        pthread_mutex_lock(&r->sync_lock);
+        failed = failed && r->sync.ctx != NULL;
+        pthread_mutex_unlock(&r->sync_lock);
+        if (failed && !warned) km_warn("Redis at %s:%d: catalog not synced: %s", r->host, r->port, e.msg);
+        warned = failed;
         pthread_mutex_lock(&r->q_lock);
         if (r->stop) break;
         km_cond_wait_ms(&r->sync_cond, &r->q_lock, r->p.sync_period_ms);
@@ -533,6 +708,18 @@ km_redis *km_redis_open(const km_redis_params *p, const uint8_t fingerprint[KM_F
     }
     r->url = strdup(p->url);
     r->p.url = r->url;
+    r->p.secret = NULL; /* the caller's copy: only the derived key is kept */
+    if (p->secret) {
+        if (km_blob_key_derive(&r->key, p->secret, p->secret_len, "store") != 0) {
+            km_error_set(err, "libsodium failed to derive the store key");
+            free(r->user);
+            free(r->password);
+            free(r->url);
+            free(r);
+            return NULL;
+        }
+        r->has_key = true;
+    }
     km_key fk;
     memcpy(fk.b, fingerprint, KM_FINGERPRINT_LEN);
     char hex[2 * KM_KEY_LEN + 1];
@@ -621,25 +808,26 @@ void km_redis_close(km_redis *r, int flush_ms) {
     free(r);
 }
 
-int km_redis_get(km_redis *r, km_key key, uint8_t **blob, size_t *len, km_error *err) {
+int km_redis_get(km_redis *r, km_key key, size_t max_len, uint8_t **blob, size_t *len, km_error *err) {
     *blob = NULL;
     *len = 0;
     char k[128];
     km_redis_state_key(r, key, k, sizeof k);
+    size_t max = max_len && max_len < r->p.max_blob ? max_len : r->p.max_blob;
     double t0 = km_now_ms();
     int rc = -1;
     pthread_mutex_lock(&r->req_lock);
-    redisReply *rep = command(r, &r->req, err, "GET", "GET %s", k);
+    redisReply *rep = get_upto(r, &r->req, err, "GET", k, max);
     if (rep) {
-        if (rep->type == REDIS_REPLY_NIL) {
-            rc = 1;
-        } else if (rep->type == REDIS_REPLY_ERROR && strncmp(rep->str, "WRONGTYPE", 9) != 0) {
+        if (rep->type == REDIS_REPLY_ERROR && strncmp(rep->str, "WRONGTYPE", 9) != 0) {
             rc = km_error_set(err, "Redis GET %s: %s", k, rep->str);
         } else if (rep->type != REDIS_REPLY_STRING) { /* incl. WRONGTYPE: some other kind of value */
             km_error_set(err, "Redis GET %s: the value is not a string", k);
             rc = 2;
-        } else if ((size_t)rep->len > r->p.max_blob) {
-            km_error_set(err, "Redis GET %s: %lld-byte value exceeds the limit of %zu", k, (long long)rep->len, r->p.max_blob);
+        } else if (rep->len == 0) {
+            rc = 1;
+        } else if ((size_t)rep->len > max) {
+            km_error_set(err, "Redis GET %s: the value is over %zu bytes, the most a state of this key can have", k, max);
             rc = 2;
         } else {
             *blob = malloc((size_t)rep->len ? (size_t)rep->len : 1);
@@ -682,6 +870,7 @@ int km_redis_put_async(km_redis *r, km_key key, const uint8_t *blob, size_t len,
     pthread_mutex_unlock(&r->cat_lock);
     j->key = key;
     j->len = j->raw_len = len;
+    j->retried = false;
     j->next = NULL;
     pthread_mutex_lock(&r->q_lock);
     if (r->tail) r->tail->next = j;
@@ -719,6 +908,14 @@ int km_redis_del(km_redis *r, km_key key, km_error *err) {
         pthread_mutex_unlock(&r->q_lock);
     }
     return rc;
+}
+
+const km_blob_key *km_redis_key(const km_redis *r) { return r->has_key ? &r->key : NULL; }
+
+void km_redis_log_trust(const km_redis *r) {
+    if (r->has_key) km_debug("shared tier redis://%s:%d: states authenticated with the store secret", r->host, r->port);
+    else km_warn("shared tier redis://%s:%d is trusted as is: no --store-secret-file (anyone who can write to it "
+                 "can change answers; see docs/security.md)", r->host, r->port);
 }
 
 km_redis_stats km_redis_get_stats(km_redis *r) {

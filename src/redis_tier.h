@@ -19,6 +19,14 @@
  * fall back to the local tiers and recompute. Fetched blobs are untrusted: the
  * caller validates them exactly like local ones (and deletes bad ones).
  *
+ * Store secret: with one (params.secret), the writer authenticates every
+ * state blob it uploads, after compressing it, with the store key derived
+ * from it (km_blob_key_derive "store"), and km_redis_key gives the caller
+ * that key to verify what it fetches: a blob anyone else wrote into Redis is
+ * "unauthenticated". Without one, the tier is trusted as is (said once at
+ * open): its states are used after validation, their next-token hints only
+ * after the node computed the same token (km_redis_log_trust says which).
+ *
  * Catalog: so that a device never asks Redis about states nobody has, every
  * client keeps a local Bloom-filter copy of what the tier holds
  * (km_redis_maybe_has) and a background thread keeps it in sync:
@@ -27,13 +35,21 @@
  *                               (pushed in the same round trip as the SET)
  *     kvmesh:v1:<fp>:catalog    the master catalog (km_catalog wire format);
  *                               its version = how many list entries it covers
+ *     kvmesh:v1:<fp>:epoch      a random token naming the current list (SET NX
+ *                               by the first client to find none)
  *
  * A sync fetches only the list entries past the position it has (the delta);
  * every full_refresh_ms it reloads the master catalog and continues from its
- * version. A client adds its own uploads to its copy at once. Evictions (TTL,
+ * version. A changed epoch (Redis restarted empty, or a rebuild recreated the
+ * list) or a list shorter than the position drops the copy and reloads. A
+ * client adds its own uploads to its copy at once. Evictions (TTL,
  * maxmemory) leave stale entries: a GET that then misses is a false positive,
  * and km_redis_catalog_rebuild (periodic, and `kvmesh catalog rebuild`)
- * rebuilds the master from the keys actually present. */
+ * rebuilds the master from the keys actually present (and replaces a list
+ * key holding another type of value or more than keys, with a new epoch).
+ * Nothing a Redis writer stores is read whole beyond a bound: a state value
+ * up to the caller's bound (km_redis_get), the master up to 64 MiB, new list
+ * entries only once the list's memory shows nothing but keys. */
 #ifndef KVMESH_REDIS_TIER_H
 #define KVMESH_REDIS_TIER_H
 
@@ -41,6 +57,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "blob.h"
 #include "catalog.h"
 #include "link.h"
 #include "prefix.h"
@@ -61,6 +78,8 @@ typedef struct km_redis_params {
     int rebuild_period_ms;     /* rebuild the master from the keys present (default 0 = never) */
     km_link *link;             /* emulated link for every call (NULL: none; caller owns it) */
     int compress_level;        /* zstd level of uploaded state blobs (default 1; 0 = send as queued) */
+    const uint8_t *secret;     /* store secret (km_peerauth_load_secret; NULL: the tier is trusted as is) */
+    size_t secret_len;
 } km_redis_params;
 
 typedef struct km_redis_stats {
@@ -74,6 +93,7 @@ typedef struct km_redis_stats {
     bool up;                  /* last known state of the connection */
     uint64_t catalog_version;   /* list position the local copy covers */
     uint64_t catalog_syncs, catalog_full_loads, catalog_delta_keys, catalog_rebuilds;
+    uint64_t catalog_resets;     /* copies dropped because the upload list was reset (Redis restarted empty) */
     uint64_t catalog_bytes_down; /* catalog transfer: master loads + deltas */
     size_t catalog_bytes;       /* size of the local copy's filter */
 } km_redis_stats;
@@ -91,10 +111,12 @@ km_redis *km_redis_open(const km_redis_params *p, const uint8_t fingerprint[KM_F
 /* Flush uploads (waiting at most flush_ms), report unsent ones, disconnect, free. */
 void km_redis_close(km_redis *r, int flush_ms);
 
-/* GET the blob of key: 0 hit (*blob malloc'd), 1 miss, 2 a value that cannot
- * be a blob (over max_blob, or not a string: the caller deletes it), -1 error
- * or tier down. */
-int km_redis_get(km_redis *r, km_key key, uint8_t **blob, size_t *len, km_error *err);
+/* GET the blob of key, if at most max_len bytes (0: max_blob; the caller
+ * knows the largest state its key can name): 0 hit (*blob malloc'd), 1 miss,
+ * 2 a value that cannot be a blob (larger, or not a string: the caller
+ * deletes it), -1 error or tier down. Reads at most max_len + 1 bytes of a
+ * value, whatever its size. */
+int km_redis_get(km_redis *r, km_key key, size_t max_len, uint8_t **blob, size_t *len, km_error *err);
 /* Queue an upload (copies blob). Returns -1 if refused (too large). */
 int km_redis_put_async(km_redis *r, km_key key, const uint8_t *blob, size_t len, km_error *err);
 /* Delete a key (e.g. a blob that failed validation). Synchronous. */
@@ -105,6 +127,13 @@ int km_redis_del(km_redis *r, km_key key, km_error *err);
 int km_redis_flush(km_redis *r, int deadline_ms);
 
 km_redis_stats km_redis_get_stats(km_redis *r);
+
+/* The key that authenticates this tier's states (see Store secret), or NULL
+ * when the tier is trusted as is. */
+const km_blob_key *km_redis_key(const km_redis *r);
+/* Say how far the tier's states are trusted (once, at the start of a program
+ * that reads states from it). */
+void km_redis_log_trust(const km_redis *r);
 
 /* Whether the tier may hold key (local catalog copy; no network). */
 bool km_redis_maybe_has(km_redis *r, km_key key);

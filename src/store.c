@@ -30,11 +30,14 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "blob.h"
@@ -51,15 +54,17 @@
 typedef struct blobbuf {
     size_t refs; /* protected by the store mutex */
     size_t len;
+    bool trusted; /* this process's own bytes (see Origin in store.h) */
     uint8_t data[];
 } blobbuf;
 
-static blobbuf *buf_new(const uint8_t *data, size_t len) {
+static blobbuf *buf_new(const uint8_t *data, size_t len, bool trusted) {
     if (len > SIZE_MAX - sizeof(blobbuf)) return NULL;
     blobbuf *b = malloc(sizeof *b + len);
     if (!b) return NULL;
     b->refs = 1;
     b->len = len;
+    b->trusted = trusted;
     if (len) memcpy(b->data, data, len);
     return b;
 }
@@ -84,6 +89,9 @@ typedef struct node {
     uint64_t size;            /* bytes this entry counts against the budget */
     blobbuf *buf;             /* RAM tier: the bytes */
     uint64_t gen;             /* disk tier: which write made the file (see disk_read) */
+    bool trusted;             /* disk tier: this process wrote the file from trusted bytes... */
+    ino_t ino;                /* ... and it was this inode with this ctime right after */
+    struct timespec ctime;
 } node;
 
 typedef struct lru {
@@ -237,7 +245,7 @@ km_store_params km_store_default_params(void) {
     memset(&p, 0, sizeof p);
     p.ram_budget = (size_t)256 << 20;
     p.disk_dir = NULL;
-    p.disk_budget = 0;
+    p.disk_budget = (uint64_t)4096 << 20;
     p.max_blob_size = (size_t)1 << 30;
     p.compress_level = 1;
     return p;
@@ -334,8 +342,10 @@ static void disk_forget(km_store *s, km_key k) {
     unlink(path); /* also a file the index never had; ENOENT is fine */
 }
 
-/* Index a file the writer just put in place (or refresh the entry). */
-static int disk_index(km_store *s, km_key k, uint64_t size) {
+/* Index a file the writer just put in place (or refresh the entry). own:
+ * the file's identity right after this process wrote it from trusted bytes;
+ * NULL for a file of unknown origin (found when the store opened). */
+static int disk_index(km_store *s, km_key k, uint64_t size, const struct stat *own) {
     node *n = lru_find(&s->disk, k);
     if (n) {
         lru_set_size(&s->disk, n, size);
@@ -348,7 +358,19 @@ static int disk_index(km_store *s, km_key k, uint64_t size) {
         lru_insert(&s->disk, n);
     }
     n->gen = ++s->disk_gen;
+    n->trusted = own != NULL;
+    if (own) {
+        n->ino = own->st_ino;
+        n->ctime = own->st_ctim;
+    }
     return 0;
+}
+
+/* Whether a file read under disk entry d is still the one this process wrote
+ * (st: the file's status right after the read). */
+static bool disk_same_file(const node *d, const struct stat *st, size_t n) {
+    return d->trusted && st->st_ino == d->ino && st->st_ctim.tv_sec == d->ctime.tv_sec &&
+           st->st_ctim.tv_nsec == d->ctime.tv_nsec && (uint64_t)st->st_size == n;
 }
 
 /* Make room for a new file of `incoming` bytes under key *keep (NULL: none):
@@ -424,15 +446,16 @@ static void queue_put(km_store *s, km_key k, blobbuf *b) {
 /* --- writer thread ------------------------------------------------------- */
 
 /* Record the outcome of writing job j to path, a file of size bytes (rc from
- * km_write_file_atomic). */
-static void write_done(km_store *s, job *j, const char *path, int rc, uint64_t size, const km_error *err) {
+ * km_write_file_atomic; own: its status after the write if its bytes were trusted). */
+static void write_done(km_store *s, job *j, const char *path, int rc, uint64_t size, const struct stat *own,
+                       const km_error *err) {
     if (j->cancelled) {
         /* Removed while we wrote it; the remove's unlink may have come before
          * our rename, so delete again. */
         if (rc == 0) unlink(path);
         return;
     }
-    if (rc == 0 && disk_index(s, j->key, size) == 0) return;
+    if (rc == 0 && disk_index(s, j->key, size, own) == 0) return;
     s->st.disk_write_errors++;
     if (!s->warned) {
         km_warn("store: disk write failed, entry kept in RAM only (further errors are counted, not logged): %s",
@@ -491,9 +514,11 @@ static void *writer_main(void *arg) {
         err.msg[0] = 0;
         int rc = km_write_file_atomic(path, data, len, &err);
         free(z);
+        struct stat own;
+        bool trusted = rc == 0 && j->buf->trusted && stat(path, &own) == 0;
 
         pthread_mutex_lock(&s->lock);
-        write_done(s, j, path, rc, len, &err);
+        write_done(s, j, path, rc, len, trusted ? &own : NULL, &err);
         s->writing = NULL;
         buf_unref(j->buf);
         free(j);
@@ -522,16 +547,30 @@ static bool parse_entry_name(const char *name, km_key *k) {
     return km_key_from_hex(hex, k) == 0;
 }
 
-/* "<32 hex>.kvb.<pid>.tmp": what km_write_file_atomic leaves behind when the
- * process dies mid-write. Other *.tmp files are not ours and stay. */
-static bool is_temp_name(const char *name) {
+/* "<32 hex>.kvb.<pid>.tmp": the temp file of km_write_file_atomic, written by
+ * process pid. Other *.tmp files are not ours and stay. */
+static bool parse_temp_name(const char *name, long *pid) {
     size_t n = strlen(name), pre = HEX_LEN + strlen(KVB_SUFFIX ".");
-    if (n <= pre + strlen(".tmp") || !is_lower_hex(name, HEX_LEN)) return false;
+    if (n <= pre + strlen(".tmp") || n - pre - strlen(".tmp") > 9 || !is_lower_hex(name, HEX_LEN)) return false;
     if (strncmp(name + HEX_LEN, KVB_SUFFIX ".", strlen(KVB_SUFFIX ".")) != 0) return false;
     if (strcmp(name + n - 4, ".tmp") != 0) return false;
-    for (size_t i = pre; i < n - 4; i++)
+    *pid = 0;
+    for (size_t i = pre; i < n - 4; i++) {
         if (name[i] < '0' || name[i] > '9') return false;
-    return true;
+        *pid = *pid * 10 + (name[i] - '0');
+    }
+    return *pid > 0;
+}
+
+/* Whether a temp file is a leftover of a dead writer. Another process may be
+ * writing it right now (two `kvmesh run` sharing the default directory), so
+ * it goes only when its writer is gone, or when it was not written to for
+ * TEMP_STALE_S (its pid then belongs to some other process by now). */
+#define TEMP_STALE_S 3600
+static bool temp_is_orphan(int dfd, const char *name, long pid) {
+    if (kill((pid_t)pid, 0) != 0 && errno == ESRCH) return true;
+    struct stat st;
+    return fstatat(dfd, name, &st, 0) == 0 && time(NULL) - st.st_mtime > TEMP_STALE_S;
 }
 
 typedef struct scanned {
@@ -557,8 +596,9 @@ static int disk_scan(km_store *s, km_error *err) {
     while ((e = readdir(d)) != NULL) {
         km_key k;
         struct stat st;
-        if (is_temp_name(e->d_name)) {
-            if (unlinkat(dirfd(d), e->d_name, 0) == 0) temps++;
+        long pid;
+        if (parse_temp_name(e->d_name, &pid)) {
+            if (temp_is_orphan(dirfd(d), e->d_name, pid) && unlinkat(dirfd(d), e->d_name, 0) == 0) temps++;
             continue;
         }
         if (!parse_entry_name(e->d_name, &k)) continue;
@@ -585,11 +625,11 @@ static int disk_scan(km_store *s, km_error *err) {
         n++;
     }
     closedir(d);
-    if (temps) km_info("store: %s: removed %zu unfinished write(s) of an earlier run", s->dir, temps);
+    if (temps) km_info("store: %s: removed %zu unfinished write(s) of writers that are gone", s->dir, temps);
 
     if (n) qsort(f, n, sizeof *f, cmp_mtime); /* oldest first, so the newest ends up at the head */
     for (size_t i = 0; i < n; i++) {
-        if (disk_index(s, f[i].key, f[i].size) != 0) {
+        if (disk_index(s, f[i].key, f[i].size, NULL) != 0) {
             free(f);
             return km_error_set(err, "%s: out of memory while scanning", s->dir);
         }
@@ -672,7 +712,7 @@ void km_store_close(km_store *s) {
     free(s);
 }
 
-int km_store_put(km_store *s, km_key key, const uint8_t *blob, size_t len, km_error *err) {
+static int store_put(km_store *s, km_key key, const uint8_t *blob, size_t len, bool trusted, km_error *err) {
     if (len > s->p.max_blob_size) {
         char hex[HEX_LEN + 1];
         km_key_hex(key, hex);
@@ -682,7 +722,7 @@ int km_store_put(km_store *s, km_key key, const uint8_t *blob, size_t len, km_er
     bool to_disk = s->dir && (s->p.disk_budget == 0 || len <= s->p.disk_budget);
     blobbuf *b = NULL;
     if (to_ram || to_disk) {
-        b = buf_new(blob, len); /* the copy is made without the lock */
+        b = buf_new(blob, len, trusted); /* the copy is made without the lock */
         if (!b) {
             char hex[HEX_LEN + 1];
             km_key_hex(key, hex);
@@ -699,6 +739,33 @@ int km_store_put(km_store *s, km_key key, const uint8_t *blob, size_t len, km_er
     return 0;
 }
 
+int km_store_put(km_store *s, km_key key, const uint8_t *blob, size_t len, km_error *err) {
+    return store_put(s, key, blob, len, true, err);
+}
+
+int km_store_put_untrusted(km_store *s, km_key key, const uint8_t *blob, size_t len, km_error *err) {
+    return store_put(s, key, blob, len, false, err);
+}
+
+/* Mark k's file as just used. Its modification time is the disk tier's
+ * recency when a store opens (disk_scan), and `kvmesh run` serves one request
+ * per process: without this, use would never count across runs. A file gone
+ * meanwhile (evicted) has nothing to mark. Setting the time changes the
+ * file's ctime too: a file that was still this process's own just before is
+ * recorded with its new ctime, so our own touch does not make it foreign. */
+static void disk_touch(km_store *s, km_key k) {
+    char path[PATH_CAP];
+    key_path(s, k, path);
+    struct stat before, after;
+    if (stat(path, &before) != 0 || utimensat(AT_FDCWD, path, NULL, 0) != 0 || stat(path, &after) != 0) return;
+    pthread_mutex_lock(&s->lock);
+    node *d = lru_find(&s->disk, k);
+    if (d && disk_same_file(d, &before, (size_t)before.st_size) && after.st_ino == before.st_ino &&
+        after.st_size == before.st_size)
+        d->ctime = after.st_ctim;
+    pthread_mutex_unlock(&s->lock);
+}
+
 static int copy_out(const blobbuf *b, uint8_t **blob, size_t *len, km_error *err) {
     uint8_t *c = malloc(b->len ? b->len : 1);
     if (!c) return km_error_set(err, "store: out of memory copying %zu bytes", b->len);
@@ -711,7 +778,7 @@ static int copy_out(const blobbuf *b, uint8_t **blob, size_t *len, km_error *err
 /* The disk part of a get: read the file without the lock. gen identifies the
  * index entry we looked at, so that a concurrent rewrite or remove of the key is
  * not undone by what we conclude here. */
-static int disk_read(km_store *s, km_key key, uint64_t gen, uint8_t **blob, size_t *len, km_error *err) {
+static int disk_read(km_store *s, km_key key, uint64_t gen, uint8_t **blob, size_t *len, bool *trusted, km_error *err) {
     char path[PATH_CAP];
     key_path(s, key, path);
     uint8_t *data;
@@ -735,11 +802,16 @@ static int disk_read(km_store *s, km_key key, uint64_t gen, uint8_t **blob, size
         pthread_mutex_unlock(&s->lock);
         return km_error_set(err, "store: %s", rerr.msg);
     }
-    blobbuf *b = s->p.ram_budget > 0 && n <= s->p.ram_budget ? buf_new(data, n) : NULL;
+    blobbuf *b = s->p.ram_budget > 0 && n <= s->p.ram_budget ? buf_new(data, n, false) : NULL;
+    /* Checked after the read: a change before or during it shows in the status. */
+    struct stat st;
+    bool stat_ok = stat(path, &st) == 0;
 
     pthread_mutex_lock(&s->lock);
     s->st.disk_hits++;
     node *d = lru_find(&s->disk, key);
+    *trusted = d && d->gen == gen && stat_ok && disk_same_file(d, &st, n);
+    if (b) b->trusted = *trusted; /* not shared yet */
     if (d && d->gen == gen) {
         lru_set_size(&s->disk, d, n); /* in case the file was replaced externally */
         /* Promote, unless something newer arrived for the key meanwhile. */
@@ -747,14 +819,21 @@ static int disk_read(km_store *s, km_key key, uint64_t gen, uint8_t **blob, size
     }
     buf_unref(b);
     pthread_mutex_unlock(&s->lock);
+    disk_touch(s, key);
     *blob = data;
     *len = n;
     return 0;
 }
 
 int km_store_get(km_store *s, km_key key, uint8_t **blob, size_t *len, km_error *err) {
+    bool trusted;
+    return km_store_get_origin(s, key, blob, len, &trusted, err);
+}
+
+int km_store_get_origin(km_store *s, km_key key, uint8_t **blob, size_t *len, bool *trusted, km_error *err) {
     *blob = NULL;
     *len = 0;
+    *trusted = false;
     pthread_mutex_lock(&s->lock);
     node *d = s->dir ? lru_find(&s->disk, key) : NULL;
     node *r = lru_find(&s->ram, key);
@@ -764,8 +843,10 @@ int km_store_get(km_store *s, km_key key, uint8_t **blob, size_t *len, km_error 
         if (r) lru_touch(&s->ram, r);
         if (d) lru_touch(&s->disk, d); /* a use is a use, whichever tier served it */
         s->st.ram_hits++;
+        *trusted = b->trusted;
         buf_ref(b);
         pthread_mutex_unlock(&s->lock);
+        if (d) disk_touch(s, key);
         int rc = copy_out(b, blob, len, err);
         pthread_mutex_lock(&s->lock);
         buf_unref(b);
@@ -780,7 +861,7 @@ int km_store_get(km_store *s, km_key key, uint8_t **blob, size_t *len, km_error 
     lru_touch(&s->disk, d);
     uint64_t gen = d->gen;
     pthread_mutex_unlock(&s->lock);
-    return disk_read(s, key, gen, blob, len, err);
+    return disk_read(s, key, gen, blob, len, trusted, err);
 }
 
 bool km_store_contains(km_store *s, km_key key) {

@@ -184,6 +184,35 @@ static void test_completion_cached_equals_cold(void **state) {
     free(b.body);
 }
 
+/* max_tokens 0: the prompt is processed (and cached), nothing is generated --
+ * the same answer on a miss and on a full hit (whose cached first token must
+ * not slip out). */
+static void test_max_tokens_zero(void **state) {
+    const char *body = "{\"prompt\":\"Zero tokens wanted, twice over.\",\"max_tokens\":0,\"temperature\":0}";
+    json_t *j[2];
+    for (int i = 0; i < 2; i++) {
+        resp r = http(&N, "POST", "/v1/completions", body, NULL);
+        assert_int_equal(r.status, 200);
+        j[i] = parse(&r);
+        free(r.body);
+        json_t *c = json_array_get(json_object_get(j[i], "choices"), 0);
+        assert_string_equal(json_string_value(json_object_get(c, "text")), "");
+        assert_string_equal(json_string_value(json_object_get(c, "finish_reason")), "length");
+        assert_int_equal(json_integer_value(json_object_get(json_object_get(j[i], "usage"), "completion_tokens")), 0);
+        json_t *t = json_object_get(j[i], "timings");
+        assert_int_equal(json_integer_value(json_object_get(t, "predicted_n")), 0);
+        assert_false(json_is_true(json_object_get(t, "first_token_cached")));
+    }
+    json_t *t0 = json_object_get(j[0], "timings"), *t1 = json_object_get(j[1], "timings");
+    assert_string_equal(json_string_value(json_object_get(t0, "cache_source")), "none");
+    assert_string_equal(json_string_value(json_object_get(t1, "cache_source")), "local"); /* a full hit */
+    assert_int_equal(json_integer_value(json_object_get(t1, "cached_n")),
+                     json_integer_value(json_object_get(t0, "prompt_n")) - 1);
+    assert_true(json_equal(json_object_get(j[0], "choices"), json_object_get(j[1], "choices")));
+    json_decref(j[0]);
+    json_decref(j[1]);
+}
+
 /* cache_segments: a prompt sharing the first two segments reuses exactly them. */
 static void test_cache_segments_partial_hit(void **state) {
     const char *b1 = "{\"prompt\":\"Seg one is the instruction. Seg two is an example. Seg three asks A?\","
@@ -644,6 +673,7 @@ int main(void) {
     const struct CMUnitTest shared[] = {
         cmocka_unit_test(test_models_and_health),
         cmocka_unit_test(test_completion_cached_equals_cold),
+        cmocka_unit_test(test_max_tokens_zero),
         cmocka_unit_test(test_cache_segments_partial_hit),
         cmocka_unit_test(test_stream_equals_plain),
         cmocka_unit_test(test_chat),

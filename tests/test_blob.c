@@ -10,6 +10,8 @@
 #include "blob.h"
 #include "testutil.h"
 
+static const char SECRET[] = "correct horse battery staple";
+
 #define TYPE_F16 1 /* ggml type ids */
 #define TYPE_Q8_0 8
 
@@ -92,12 +94,13 @@ static void test_roundtrip(void **state) {
     (void)state;
     size_t len;
     uint8_t *b = make_blob(4, 1000, &len);
-    assert_int_equal(len, 80 + 16 + 1000);
-    assert_memory_equal(b, "KVMB\x02\x00\x50\x00", 8); /* version 2, 80-byte header */
+    assert_int_equal(len, 112 + 16 + 1000);
+    assert_memory_equal(b, "KVMB\x03\x00\x70\x00", 8); /* version 3, 112-byte header */
     km_blob_info info;
     km_error err;
     assert_int_equal(km_blob_parse(b, len, 1 << 20, &info, &err), 0);
-    assert_int_equal(info.version, 2);
+    assert_int_equal(info.version, 3);
+    assert_false(info.has_mac);
     assert_int_equal(info.n_tokens, 4);
     assert_int_equal(info.payload_len, 1000);
     assert_int_equal(info.raw_len, 1000);
@@ -109,7 +112,7 @@ static void test_roundtrip(void **state) {
     assert_memory_equal(info.fingerprint, FP, KM_FINGERPRINT_LEN);
     for (uint32_t i = 0; i < 4; i++) assert_int_equal(km_blob_token(&info, i), TOKS[i]);
     assert_int_equal(info.payload[999], (uint8_t)(999 * 7 + 3));
-    assert_ptr_equal(info.payload, b + 80 + 16);
+    assert_ptr_equal(info.payload, b + 112 + 16);
     /* the request may be longer than the blob */
     assert_int_equal(km_blob_check_request(&info, FP, 1, 1, TOKS, 6, &err), 0);
     /* an uncompressed payload is used in place */
@@ -118,7 +121,7 @@ static void test_roundtrip(void **state) {
     size_t raw_len;
     assert_int_equal(km_blob_payload_decode(&info, 1 << 20, &owned, &raw, &raw_len, &err), 0);
     assert_null(owned);
-    assert_ptr_equal(raw, b + 80 + 16);
+    assert_ptr_equal(raw, b + 112 + 16);
     assert_int_equal(raw_len, 1000);
     /* ... still within the caller's limit */
     expect_decode_error(b, len, 999, "over the limit of 999");
@@ -131,10 +134,11 @@ static void test_truncated(void **state) {
     uint8_t *b = make_blob(4, 1000, &len);
     expect_parse_error(b, len - 1, 1 << 20, "truncated or padded");
     expect_parse_error(b, 10, 1 << 20, "truncated");
+    expect_parse_error(b, 5, 1 << 20, "truncated");
     expect_parse_error(b, 0, 1 << 20, "truncated");
-    expect_parse_error(b, 79, 1 << 20, "header needs 80");
-    expect_parse_error(b, 80 + 16, 1 << 20, "truncated or padded");
-    expect_parse_error(b, 80 + 8, 1 << 20, "truncated or padded"); /* not even the tokens */
+    expect_parse_error(b, 111, 1 << 20, "header needs 112");
+    expect_parse_error(b, 112 + 16, 1 << 20, "truncated or padded");
+    expect_parse_error(b, 112 + 8, 1 << 20, "truncated or padded"); /* not even the tokens */
     free(b);
 }
 
@@ -182,11 +186,11 @@ static void test_bad_header_fields(void **state) {
     c[0] = 'X';
     expect_parse_error(c, len, 1 << 20, "bad magic");
     memcpy(c, b, len);
-    km_put_u16(c + 4, 3);
-    expect_parse_error(c, len, 1 << 20, "version 3, this kvmesh reads version 2");
+    km_put_u16(c + 4, 4);
+    expect_parse_error(c, len, 1 << 20, "version 4, this kvmesh reads version 3");
     memcpy(c, b, len);
     km_put_u16(c + 6, 64);
-    expect_parse_error(c, len, 1 << 20, "header size 64, expected 80");
+    expect_parse_error(c, len, 1 << 20, "header size 64, expected 112");
     memcpy(c, b, len);
     km_put_u32(c + 32, 0);
     expect_parse_error(c, len, 1 << 20, "claims 0 tokens");
@@ -197,10 +201,10 @@ static void test_bad_header_fields(void **state) {
     km_put_u64(c + 40, (uint64_t)1 << 62); /* forged payload length: no overflow, clear error */
     expect_parse_error(c, len, 1 << 20, "payload");
     /* with no limit, a length for which header + tokens + payload wraps
-     * around to the actual length must not match: here 88 + (2^64 - 4) = 84
+     * around to the actual length must not match: here 120 + (2^64 - 4) = 116
      * bytes, which do not even hold the two tokens */
     km_put_u64(c + 40, (uint64_t)0 - 4);
-    expect_parse_error(c, 84, SIZE_MAX, "truncated or padded");
+    expect_parse_error(c, 116, SIZE_MAX, "truncated or padded");
     free(c);
     free(b);
 }
@@ -219,7 +223,7 @@ static void test_flag_rules(void **state) {
         uint64_t reserved;
         const char *needle;
     } bad[] = {
-        {1u << 3, 50, 0, 0, 0, "unknown flags set (0x8)"},
+        {1u << 4, 50, 0, 0, 0, "unknown flags set (0x10)"},
         {1u << 31 | KM_BLOB_F_ZSTD, 50, 0, 0, 0, "unknown flags set (0x80000000)"},
         {KM_BLOB_F_SHUFFLE2, 50, 0, 0, 0, "byte shuffle without compression"},
         {KM_BLOB_F_SHUFFLE2 | KM_BLOB_F_NEXT, 50, 1, 2, 0, "byte shuffle without compression"},
@@ -260,7 +264,7 @@ static void test_flag_rules(void **state) {
     free(b);
 }
 
-/* A version 1 blob, as the previous format wrote it (64-byte header). */
+/* Version 1 and 2 blobs, as earlier formats wrote them (64/80-byte headers). */
 static void test_v1_rejected(void **state) {
     (void)state;
     size_t len = 64 + 4 * 2 + 20;
@@ -281,8 +285,20 @@ static void test_v1_rejected(void **state) {
     XXH3_64bits_update(st, b + 64, len - 64);
     km_put_u64(b + 56, XXH3_64bits_digest(st));
     XXH3_freeState(st);
-    expect_parse_error(b, len, 1 << 20, "blob format version 1, this kvmesh reads version 2 (written by an older kvmesh");
+    expect_parse_error(b, len, 1 << 20, "blob format version 1, this kvmesh reads version 3 (written by an older kvmesh");
     free(b);
+    /* a version 2 blob (80-byte header, no MAC), as a store or Redis may
+     * still hold: rejected the same way (and a cache entry is recomputed) */
+    size_t len2;
+    uint8_t *v3 = make_blob(2, 20, &len2);
+    uint8_t *v2 = malloc(len2 - 32);
+    memcpy(v2, v3, 80);
+    memcpy(v2 + 80, v3 + 112, len2 - 112);
+    km_put_u16(v2 + 4, 2);
+    km_put_u16(v2 + 6, 80);
+    expect_parse_error(v2, len2 - 32, 1 << 20, "blob format version 2, this kvmesh reads version 3 (written by an older kvmesh");
+    free(v2);
+    free(v3);
 }
 
 static void test_set_next(void **state) {
@@ -322,9 +338,9 @@ static size_t check_compress_roundtrip(const uint8_t *b, size_t len, uint32_t wa
     assert_int_equal(km_blob_parse(z, zlen, SIZE_MAX, &out, &err), 0);
     assert_int_equal(out.flags, want_flags);
     assert_int_equal(out.raw_len, in.payload_len);
-    assert_int_equal(out.payload_len, zlen - (80 + 4 * (size_t)in.n_tokens));
+    assert_int_equal(out.payload_len, zlen - (112 + 4 * (size_t)in.n_tokens));
     assert_memory_equal(z + 8, b + 8, 28);                           /* fingerprint, types, tokens count */
-    assert_memory_equal(z + 64, b + 64, 16 + 4 * (size_t)in.n_tokens); /* hint, reserved, tokens */
+    assert_memory_equal(z + 64, b + 64, 48 + 4 * (size_t)in.n_tokens); /* hint, reserved, MAC (none), tokens */
     uint8_t *owned;
     const uint8_t *raw;
     size_t raw_len;
@@ -391,14 +407,14 @@ static void test_compress_f16_smaller(void **state) {
     uint8_t *q8 = make_blob_of(6, TYPE_Q8_0, p, plen, &len); /* same bytes, typed q8_0: no shuffle */
     size_t shuffled = check_compress_roundtrip(f16, len, KM_BLOB_F_ZSTD | KM_BLOB_F_SHUFFLE2);
     size_t plain = check_compress_roundtrip(q8, len, KM_BLOB_F_ZSTD);
-    print_message("f16 gaussian payload: %zu bytes raw, %zu zstd, %zu shuffle+zstd\n", plen, plain - 104, shuffled - 104);
+    print_message("f16 gaussian payload: %zu bytes raw, %zu zstd, %zu shuffle+zstd\n", plen, plain - 136, shuffled - 136);
     /* N(0, 1.5^2) in f16: the low byte is 8 bits of noise, the high byte
      * (sign, exponent, 2 mantissa bits) about 5.5: at best 13.5/16 = 84 %
      * after shuffling (zstd 1.5.4 level 1: 84.5 %) */
-    assert_true(shuffled - 104 < plen * 86 / 100);
-    assert_true(shuffled - 104 > plen * 80 / 100);
+    assert_true(shuffled - 136 < plen * 86 / 100);
+    assert_true(shuffled - 136 > plen * 80 / 100);
     /* interleaved, zstd finds much less (1.5.4: 91.9 %) */
-    assert_true(plain - 104 > plen * 90 / 100);
+    assert_true(plain - 136 > plen * 90 / 100);
     assert_true(plain - shuffled > plen * 6 / 100);
     free(q8);
     free(f16);
@@ -614,6 +630,119 @@ static void test_wrong_model_kv_tokens(void **state) {
     free(b);
 }
 
+static void derive(km_blob_key *k, const char *secret, const char *purpose) {
+    assert_int_equal(km_blob_key_derive(k, (const uint8_t *)secret, strlen(secret), purpose), 0);
+}
+
+/* Keys: one per secret and purpose, never the secret itself. */
+static void test_key_derivation(void **state) {
+    (void)state;
+    km_blob_key a, b, c, d;
+    derive(&a, SECRET, "store");
+    derive(&b, SECRET, "store");
+    derive(&c, SECRET, "mesh");
+    derive(&d, "correct horse battery stapler", "store");
+    assert_memory_equal(a.k, b.k, KM_BLOB_KEY_LEN);
+    assert_memory_not_equal(a.k, c.k, KM_BLOB_KEY_LEN);
+    assert_memory_not_equal(a.k, d.k, KM_BLOB_KEY_LEN);
+    assert_memory_not_equal(a.k, SECRET, KM_BLOB_KEY_LEN - 4);
+}
+
+static void expect_unauthenticated(const uint8_t *b, size_t len, const km_blob_key *k, const char *needle) {
+    km_error err = {{0}};
+    assert_int_equal(km_blob_verify(b, len, k, &err), -1);
+    if (!strstr(err.msg, "unauthenticated") || !strstr(err.msg, needle))
+        fail_msg("error '%s' does not say unauthenticated: %s", err.msg, needle);
+}
+
+/* A MAC'd blob verifies with its key only; one flipped bit anywhere (header,
+ * MAC, tokens, payload), a wrong key, a missing MAC or an old format version
+ * make it "unauthenticated". */
+static void test_mac(void **state) {
+    (void)state;
+    km_blob_key store, mesh, other;
+    derive(&store, SECRET, "store");
+    derive(&mesh, SECRET, "mesh");
+    derive(&other, "another secret of enough length", "store");
+    size_t len;
+    uint8_t *b = make_blob(3, 300, &len);
+    km_blob_set_next(b, 7, 8);
+    km_blob_seal(b, len);
+    km_error err;
+    expect_unauthenticated(b, len, &store, "carries no MAC");
+    assert_int_equal(km_blob_authenticate(b, len, &store, &err), 0);
+    assert_int_equal(km_blob_verify(b, len, &store, &err), 0);
+    km_blob_info info;
+    assert_int_equal(km_blob_parse(b, len, 1 << 20, &info, &err), 0); /* the checksum was resealed */
+    assert_true(info.has_mac);
+    assert_int_equal(info.flags, KM_BLOB_F_NEXT | KM_BLOB_F_MAC);
+    assert_int_equal(info.next_token, 8);
+    for (size_t i = 0; i < len; i++) {
+        b[i] ^= (uint8_t)(1 << (i % 8));
+        km_error e = {{0}};
+        if (km_blob_verify(b, len, &store, &e) == 0) fail_msg("a flipped bit at byte %zu verified", i);
+        if (!strstr(e.msg, "unauthenticated")) fail_msg("byte %zu: '%s'", i, e.msg);
+        b[i] ^= (uint8_t)(1 << (i % 8));
+    }
+    assert_int_equal(km_blob_verify(b, len, &store, &err), 0);
+    expect_unauthenticated(b, len, &mesh, "bad MAC");  /* the same secret's other purpose */
+    expect_unauthenticated(b, len, &other, "bad MAC"); /* another secret */
+    expect_unauthenticated(b, len - 1, &store, "bad MAC");
+    expect_unauthenticated(b, 100, &store, "not a kvmesh state blob");
+    /* the attack of the issue: another hint, the checksum recomputed (any
+     * writer can); the blob parses, but its MAC no longer matches */
+    km_put_u32(b + 68, 9);
+    km_blob_seal(b, len);
+    assert_int_equal(km_blob_parse(b, len, 1 << 20, &info, &err), 0);
+    assert_int_equal(info.next_token, 9);
+    expect_unauthenticated(b, len, &store, "bad MAC");
+    /* an older format has no MAC to check */
+    assert_int_equal(km_blob_authenticate(b, len, &store, &err), 0);
+    km_put_u16(b + 4, 2);
+    expect_unauthenticated(b, len, &store, "format version 2 carries no MAC");
+    free(b);
+}
+
+/* A MAC field without its flag is malformed; compression and dropping the
+ * hint both remove the MAC (the bytes it covered changed). */
+static void test_mac_removed_by_changes(void **state) {
+    (void)state;
+    km_blob_key k;
+    derive(&k, SECRET, "mesh");
+    size_t len, zlen;
+    uint8_t *b = make_blob(3, 2000, &len);
+    km_blob_set_next(b, 7, 8);
+    km_blob_seal(b, len);
+    km_error err;
+    assert_int_equal(km_blob_authenticate(b, len, &k, &err), 0);
+    uint8_t *c = malloc(len);
+    memcpy(c, b, len);
+    km_put_u32(c + 36, km_get_u32(c + 36) & ~KM_BLOB_F_MAC);
+    km_blob_seal(c, len);
+    expect_parse_error(c, len, 1 << 20, "MAC field but not its flag");
+    free(c);
+    uint8_t *z;
+    assert_int_equal(km_blob_compress(b, len, 1, &z, &zlen, &err), 0);
+    km_blob_info info;
+    assert_int_equal(km_blob_parse(z, zlen, SIZE_MAX, &info, &err), 0);
+    assert_false(info.has_mac);
+    assert_true(info.has_next);
+    expect_unauthenticated(z, zlen, &k, "carries no MAC");
+    assert_int_equal(km_blob_authenticate(z, zlen, &k, &err), 0); /* sealed after compression: verifies */
+    assert_int_equal(km_blob_verify(z, zlen, &k, &err), 0);
+    free(z);
+    km_blob_drop_hint(b, len);
+    assert_int_equal(km_blob_parse(b, len, 1 << 20, &info, &err), 0);
+    assert_false(info.has_next);
+    assert_false(info.has_mac);
+    assert_int_equal(info.flags, 0);
+    /* authenticating needs a valid blob */
+    b[len - 1] ^= 1;
+    assert_int_equal(km_blob_authenticate(b, len, &k, &err), -1);
+    assert_non_null(strstr(err.msg, "checksum mismatch"));
+    free(b);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_roundtrip),
@@ -630,6 +759,9 @@ int main(void) {
         cmocka_unit_test(test_decode_bombs),
         cmocka_unit_test(test_oversized),
         cmocka_unit_test(test_wrong_model_kv_tokens),
+        cmocka_unit_test(test_key_derivation),
+        cmocka_unit_test(test_mac),
+        cmocka_unit_test(test_mac_removed_by_changes),
     };
     return cmocka_run_group_tests_name("blob", tests, NULL, NULL);
 }

@@ -100,7 +100,7 @@ static void check_exactness(const exact_cfg *cfg) {
     /* segments of uneven sizes, one longer than n_batch */
     int segs[4] = {7, 30, 110, n - 40};
     int bounds[16];
-    int nb = km_boundaries(segs, 4, n, 0, bounds);
+    int nb = km_boundaries(segs, 4, n, 0, bounds, NULL);
     assert_int_equal(nb, 5);
 
     km_store_params sp = km_store_default_params();

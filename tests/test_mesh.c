@@ -8,6 +8,7 @@
 
 #include <arpa/inet.h>
 #include <curl/curl.h>
+#include <dirent.h>
 #include <jansson.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -22,6 +23,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "blob.h"
 #include "members.h"
 #include "peerauth.h"
 
@@ -960,6 +962,122 @@ static void test_restart_new_id_same_addr(void **state) {
     free(dir);
 }
 
+/* ---- the issue's reproduction: a state in P's cache dir with a rewritten
+ * next-token hint (checksum recomputed) must not change Q's answer ---- */
+
+static const char *Q1 = "{\"cache_segments\":[\"Mesh instruction: answer briefly. \",\"Example: one. \",\"Question: two?\"],"
+                        "\"max_tokens\":1,\"temperature\":0}";
+
+static char *ask_one(const tu_node *n, const char *q, char *source, size_t cap, bool *first_cached) {
+    tu_resp r = tu_http(n->url, "POST", "/v1/completions", q, NULL);
+    if (r.status != 200) fail_msg("status %ld: %s", r.status, r.body);
+    json_t *j = parse(&r);
+    char *text = strdup(json_string_value(json_object_get(json_array_get(json_object_get(j, "choices"), 0), "text")));
+    json_t *t = json_object_get(j, "timings");
+    snprintf(source, cap, "%s", json_string_value(json_object_get(t, "cache_source")));
+    *first_cached = json_is_true(json_object_get(t, "first_token_cached"));
+    json_decref(j);
+    free(r.body);
+    return text;
+}
+
+/* Rewrite the hint of the one blob in dir that has one (the end boundary's)
+ * to another token, and recompute its checksum, as anyone can. */
+static void patch_end_hint(const char *dir) {
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    int patched = 0;
+    while ((e = readdir(d))) {
+        if (!strstr(e->d_name, ".kvb")) continue;
+        char path[4400];
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        uint8_t *b;
+        size_t len;
+        km_error err;
+        assert_int_equal(km_read_file(path, (size_t)1 << 30, &b, &len, &err), 0);
+        km_blob_info info;
+        assert_int_equal(km_blob_parse(b, len, SIZE_MAX, &info, &err), 0);
+        if (info.has_next) {
+            km_put_u32(b + 68, (uint32_t)(info.next_token == 2000 ? 2001 : 2000));
+            km_blob_seal(b, len);
+            assert_int_equal(km_write_file_atomic(path, b, len, &err), 0);
+            patched++;
+        }
+        free(b);
+    }
+    closedir(d);
+    assert_int_equal(patched, 1);
+}
+
+/* P computes, stops; its end state's hint is rewritten on disk; P restarts
+ * (the file is not its own now) and Q fetches from it (--route fetch): Q's
+ * greedy one-token answer is the right one. P served it without the hint it
+ * does not trust, and answering the prompt itself P decodes, finds the
+ * disagreement and removes the state (error metric). With a mesh secret, a
+ * state P computed itself travels MAC'd with its hint, and Q answers from it. */
+static void test_forged_hint_in_peer_cache_dir(void **state) {
+    char *cache = tu_tmpdir();
+    const char *p_args[] = {"--gossip-ms", "100", "--cache-dir", cache, NULL};
+    tu_node p = start(p_args);
+    char src[32];
+    bool cached;
+    char *right = ask_one(&p, Q1, src, sizeof src, &cached);
+    assert_string_equal(src, "none");
+    assert_int_equal(tu_node_stop(&p), 0); /* disk writes flushed */
+    patch_end_hint(cache);
+
+    p = start(p_args);
+    char seed[64];
+    snprintf(seed, sizeof seed, "127.0.0.1:%d", p.port);
+    const char *q_args[] = {"--gossip-ms", "100", "--route", "fetch", "--peers", seed, NULL};
+    tu_node q = start(q_args);
+    assert_true(wait_peer_catalog(&q, 3) >= 3);
+    char *at_q = ask_one(&q, Q1, src, sizeof src, &cached);
+    assert_string_equal(src, "peer");
+    assert_false(cached);
+    assert_string_equal(at_q, right);
+    char *at_p = ask_one(&p, Q1, src, sizeof src, &cached);
+    assert_string_equal(src, "local");
+    assert_false(cached);
+    assert_string_equal(at_p, right);
+    assert_int_equal(metric(&p, "kvmesh_state_hint_mismatches_total "), 1);
+    char *again = ask_one(&p, Q1, src, sizeof src, &cached); /* the bad state is gone: recomputed from boundary 2 */
+    assert_string_equal(again, right);
+    assert_int_equal(metric(&p, "kvmesh_state_hint_mismatches_total "), 1);
+    free(at_q);
+    free(at_p);
+    free(again);
+    assert_int_equal(tu_node_stop(&q), 0);
+    assert_int_equal(tu_node_stop(&p), 0);
+
+    /* with a mesh secret: P's own state, MAC'd, answers Q's first token */
+    char *sdir = tu_tmpdir();
+    char *secret = write_secret(sdir, "secret", "correct horse battery staple\n");
+    const char *ps_args[] = {"--gossip-ms", "100", "--mesh-secret-file", secret, NULL};
+    tu_node ps = start(ps_args);
+    snprintf(seed, sizeof seed, "127.0.0.1:%d", ps.port);
+    const char *qs_args[] = {"--gossip-ms", "100", "--route", "fetch", "--mesh-secret-file", secret, "--peers", seed, NULL};
+    tu_node qs = start(qs_args);
+    char *own = ask_one(&ps, Q1, src, sizeof src, &cached);
+    assert_string_equal(own, right);
+    assert_true(wait_peer_catalog(&qs, 3) >= 3);
+    char *fetched = ask_one(&qs, Q1, src, sizeof src, &cached);
+    assert_string_equal(src, "peer");
+    assert_true(cached); /* authenticated: its hint is trusted */
+    assert_string_equal(fetched, right);
+    assert_int_equal(metric(&qs, "kvmesh_rejected_states_total{reason=\"unauthenticated\"} "), 0);
+    free(own);
+    free(fetched);
+    assert_int_equal(tu_node_stop(&qs), 0);
+    assert_int_equal(tu_node_stop(&ps), 0);
+    free(secret);
+    free(right);
+    tu_rmtree(sdir);
+    free(sdir);
+    tu_rmtree(cache);
+    free(cache);
+}
+
 int main(void) {
     if (access(tu_model("tiny-f16.gguf"), R_OK) != 0) {
         printf("SKIP: test models missing\n");
@@ -976,6 +1094,7 @@ int main(void) {
         cmocka_unit_test(test_api_key_without_secret),
         cmocka_unit_test(test_peer_allow),
         cmocka_unit_test(test_restart_new_id_same_addr),
+        cmocka_unit_test(test_forged_hint_in_peer_cache_dir),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "blob.h"
 #include "engine.h"
@@ -33,7 +34,7 @@ static void setup_fixture(fixture *f, const char *model) {
                            "Which animal purrs?\nA. cat\nB. dog\nC. bird\nD. ant\nAnswer:"};
     int *ends;
     assert_int_equal(km_tokenize_segments(f->m, segs, 3, false, &f->toks, &f->n, &ends, &err), 0);
-    f->nb = km_boundaries(ends, 2, f->n, 0, f->bounds);
+    f->nb = km_boundaries(ends, 2, f->n, 0, f->bounds, NULL);
     assert_int_equal(f->nb, 3);
     free(ends);
     f->nv = km_model_n_vocab(f->m);
@@ -82,7 +83,7 @@ static void test_longest_prefix_and_partial(void **state) {
     int32_t *t2;
     int n2, *ends, b2[8];
     assert_int_equal(km_tokenize_segments(f.m, segs, 3, false, &t2, &n2, &ends, &err), 0);
-    int nb2 = km_boundaries(ends, 2, n2, 0, b2);
+    int nb2 = km_boundaries(ends, 2, n2, 0, b2, NULL);
     assert_int_equal(km_pcache_prefill(f.c, st, 0, t2, n2, b2, nb2, NULL, &rep, &err), 0);
     assert_int_equal(rep.hit_index, 1);
     assert_int_equal(rep.n_reused, f.bounds[1]);
@@ -342,6 +343,218 @@ static void test_hint_not_used_for_other_last_token_or_sampling(void **state) {
     teardown_fixture(&f);
 }
 
+/* A token other than t that is not end-of-generation. */
+static int32_t other_token(fixture *f, int32_t t) {
+    int32_t w = t == 100 ? 101 : 100;
+    while (km_token_is_eog(f->m, w)) w++;
+    return w;
+}
+
+/* Rewrite the next-token hint of a sealed blob and recompute its checksum, as
+ * anyone with write access can (no MAC involved). */
+static void patch_hint(uint8_t *b, size_t len, void *ud) {
+    km_blob_info info;
+    assert_int_equal(km_blob_parse(b, len, SIZE_MAX, &info, NULL), 0);
+    assert_true(info.has_next);
+    km_put_u32(b + 68, (uint32_t)*(int32_t *)ud);
+    km_blob_seal(b, len);
+}
+
+static void patch_file_hint(const char *dir, km_key key, int32_t hint) {
+    char hex[2 * KM_KEY_LEN + 1], path[4200];
+    km_key_hex(key, hex);
+    snprintf(path, sizeof path, "%s/%s.kvb", dir, hex);
+    uint8_t *b;
+    size_t len;
+    km_error err;
+    assert_int_equal(km_read_file(path, (size_t)1 << 30, &b, &len, &err), 0);
+    patch_hint(b, len, &hint);
+    assert_int_equal(km_write_file_atomic(path, b, len, &err), 0);
+    free(b);
+}
+
+/* The issue's local case: a state with a rewritten hint, resealed, left in
+ * the cache dir (by "an earlier process"). The new process does not answer
+ * with it: it decodes the last token, emits the computed one, and the
+ * disagreement removes the blob (disk file included) and is counted. A
+ * correct hint from disk is not used either (one decode), and stays. */
+static void test_hint_from_earlier_process_is_checked(void **state) {
+    (void)state;
+    char *dir = tu_tmpdir();
+    fixture f;
+    setup_fixture(&f, tu_model("tiny-f16.gguf"));
+    km_error err;
+    km_store_params sp = km_store_default_params();
+    sp.disk_dir = dir;
+    km_key keys[8];
+    km_keys_for_boundaries(km_ctx_root_key(f.c, NULL), f.toks, f.bounds, f.nb, keys);
+    int32_t cold[4], out[4];
+    km_result res;
+    assert_int_equal(run_greedy(&f, NULL, hint_segs, 3, 4, cold, &res), 4);
+    km_store *st = km_store_open(&sp, &err);
+    assert_int_equal(run_greedy(&f, st, hint_segs, 3, 1, out, &res), 1); /* miss: stores 3 states */
+    km_store_close(st);
+    int32_t wrong = other_token(&f, cold[0]);
+    patch_file_hint(dir, keys[2], wrong);
+
+    st = km_store_open(&sp, &err); /* a new process */
+    assert_int_equal(run_greedy(&f, st, hint_segs, 3, 1, out, &res), 1);
+    assert_int_equal(out[0], cold[0]);
+    assert_int_equal(res.prefill.hit_index, 2);
+    assert_int_equal(res.prefill.hit_tier, KM_TIER_LOCAL);
+    assert_false(res.prefill.hit_trusted);
+    assert_int_equal(res.prefill.next_hint, -1);
+    assert_int_equal(res.prefill.n_prefilled, 1);
+    assert_int_equal(res.prefill.n_hint_mismatches, 1);
+    assert_false(km_store_contains(st, keys[2]));
+    char hex[2 * KM_KEY_LEN + 1], path[4200];
+    km_key_hex(keys[2], hex);
+    snprintf(path, sizeof path, "%s/%s.kvb", dir, hex);
+    assert_int_not_equal(access(path, F_OK), 0);
+    /* every later request: right too (recomputed from boundary 1 and stored
+     * afresh, this process's own: its hint answers at once) */
+    assert_int_equal(run_greedy(&f, st, hint_segs, 3, 1, out, &res), 1);
+    assert_int_equal(out[0], cold[0]);
+    assert_int_equal(res.prefill.hit_index, 1);
+    assert_int_equal(run_greedy(&f, st, hint_segs, 3, 4, out, &res), 4);
+    assert_memory_equal(out, cold, sizeof cold);
+    assert_int_equal(res.prefill.next_hint, cold[0]);
+    assert_true(res.prefill.hit_trusted);
+    km_store_close(st);
+
+    /* restarted again: the (correct) hint on disk is checked, not used */
+    st = km_store_open(&sp, &err);
+    assert_int_equal(run_greedy(&f, st, hint_segs, 3, 4, out, &res), 4);
+    assert_memory_equal(out, cold, sizeof cold);
+    assert_int_equal(res.prefill.hit_index, 2);
+    assert_int_equal(res.prefill.next_hint, -1);
+    assert_int_equal(res.prefill.n_hint_mismatches, 0);
+    assert_true(km_store_contains(st, keys[2]));
+    km_store_close(st);
+    teardown_fixture(&f);
+    tu_rmtree(dir);
+    free(dir);
+}
+
+/* Hints within one process: bytes put as untrusted (a state fetched from a
+ * tier trusted as is) are checked like those on disk; a wrong hint in bytes
+ * the process put as its own is believed for the first token -- the limit of
+ * "trusted" -- but the computation after it catches it and removes the
+ * state. max_tokens 0 never emits the hint. */
+static void test_hint_trust_in_process(void **state) {
+    (void)state;
+    fixture f;
+    setup_fixture(&f, tu_model("tiny-f16.gguf"));
+    km_error err;
+    km_store_params sp = km_store_default_params();
+    km_store *st = km_store_open(&sp, &err);
+    km_key keys[8];
+    km_keys_for_boundaries(km_ctx_root_key(f.c, NULL), f.toks, f.bounds, f.nb, keys);
+    int32_t cold[6], out[6];
+    km_result res;
+    assert_int_equal(run_greedy(&f, st, hint_segs, 3, 6, cold, &res), 6);
+    int32_t wrong = other_token(&f, cold[0]);
+    uint8_t *blob;
+    size_t len;
+    assert_int_equal(km_store_get(st, keys[2], &blob, &len, &err), 0);
+    patch_hint(blob, len, &wrong);
+    assert_int_equal(km_store_put_untrusted(st, keys[2], blob, len, &err), 0);
+    assert_int_equal(run_greedy(&f, st, hint_segs, 3, 1, out, &res), 1);
+    assert_int_equal(out[0], cold[0]);
+    assert_int_equal(res.prefill.n_hint_mismatches, 1);
+    assert_false(km_store_contains(st, keys[2]));
+    /* the same bytes as the process's own: the hint is the first token... */
+    assert_int_equal(km_store_put(st, keys[2], blob, len, &err), 0);
+    assert_int_equal(run_greedy(&f, st, hint_segs, 3, 6, out, &res), 6);
+    assert_int_equal(out[0], wrong);
+    assert_int_equal(res.prefill.next_hint, wrong);
+    /* ... until the next step computes another one: an error, state removed */
+    assert_int_equal(res.prefill.n_hint_mismatches, 1);
+    assert_false(km_store_contains(st, keys[2]));
+    free(blob);
+    /* max_tokens 0: nothing generated, hit or miss, and no hint */
+    assert_int_equal(run_greedy(&f, st, hint_segs, 3, 1, out, &res), 1); /* stores the end again */
+    assert_int_equal(run_greedy(&f, st, hint_segs, 3, 0, out, &res), 0);
+    assert_int_equal(res.prefill.hit_index, 2);
+    assert_int_equal(res.prefill.next_hint, -1);
+    assert_int_equal(res.prefill.n_prefilled, 1);
+    km_store_close(st);
+    teardown_fixture(&f);
+}
+
+/* Greedy tokens of a request on context c (segments as boundaries or not). */
+static km_result run_on(km_ctx *c, km_store *st, const char *const *segs, int n_segs, bool bounds, int32_t *out, int n) {
+    collected col = {out, 0};
+    km_request req = {.segs = segs, .n_segs = n_segs, .segment_bounds = bounds, .sampling = km_sampling_default(),
+                      .n_predict = n, .on_token = collect_token, .ud = &col};
+    km_result res;
+    km_error err;
+    if (km_pcache_run(c, st, 0, &req, &res, &err) != 0) fail_msg("%s", err.msg);
+    assert_int_equal(col.n, n);
+    return res;
+}
+
+/* A request cut into 1024 segments used to store 1024 states (111 MB on this
+ * model, growing with the square of the prompt length); now at most
+ * KM_MAX_BOUNDS, with the same answer as the plain prompt. A longer prompt
+ * with the same first segments still reuses them: the merging is prefix-stable. */
+static void test_many_segments_capped(void **state) {
+    (void)state;
+    km_error err;
+    km_model *m = km_model_load(tu_model("tiny-f16.gguf"), &err);
+    assert_non_null(m);
+    km_ctx_params cp = km_ctx_default_params();
+    cp.n_ctx = 2048;
+    km_ctx *c = km_ctx_init(m, &cp, &err);
+    assert_non_null(c);
+    enum { NSEG = 1100 };
+    static char text[NSEG][16];
+    const char *segs[NSEG];
+    for (int i = 0; i < NSEG; i++) {
+        snprintf(text[i], sizeof text[i], "%c", "abcdefghijklmnopqrstuvwxyz"[i % 26]);
+        segs[i] = text[i];
+    }
+    char *dir = tu_tmpdir();
+    km_store_params sp = km_store_default_params();
+    sp.disk_dir = dir;
+    sp.ram_budget = 0; /* every state is a file: what is stored is what is on disk */
+    km_store *st = km_store_open(&sp, &err);
+    assert_non_null(st);
+
+    int32_t plain[8], cut[8], again[8];
+    run_on(c, NULL, segs, 1024, false, plain, 8); /* no cache, no segments */
+    km_result r = run_on(c, st, segs, 1024, true, cut, 8);
+    km_store_flush(st);
+    km_store_stats ss = km_store_get_stats(st);
+    print_message("    1024 segments, %d tokens: %d states stored, %.1f MB on disk, %d segment ends merged\n",
+                  r.prefill.n_prompt, r.prefill.n_saved, ss.disk_bytes / 1e6, r.prefill.n_bounds_merged);
+    assert_memory_equal(cut, plain, sizeof plain);
+    assert_true(r.prefill.n_prompt > 2048 / 2);
+    assert_true(r.prefill.n_bounds <= KM_MAX_BOUNDS);
+    assert_int_equal(r.prefill.n_saved, r.prefill.n_bounds);
+    /* segment ends at 2..n (BOS, then one token each); those before the last token are candidates */
+    assert_int_equal(r.prefill.n_prompt, 1025);
+    assert_int_equal(r.prefill.n_bounds_merged, 1022 - (r.prefill.n_bounds - 1));
+    assert_int_equal(ss.disk_entries, r.prefill.n_bounds);
+
+    /* the same request: a full hit on the same keys */
+    r = run_on(c, st, segs, 1024, true, again, 8);
+    assert_int_equal(r.prefill.hit_index, r.prefill.n_bounds - 1);
+    assert_memory_equal(again, plain, sizeof plain);
+    /* longer, same first 1024 segments: reuses the last kept boundary of those */
+    int32_t longer[8], longer_plain[8];
+    run_on(c, NULL, segs, NSEG, false, longer_plain, 8);
+    r = run_on(c, st, segs, NSEG, true, longer, 8);
+    assert_memory_equal(longer, longer_plain, sizeof longer);
+    assert_true(r.prefill.hit_index >= 0);
+    assert_true(r.prefill.n_reused > r.prefill.n_prompt * 3 / 4);
+    km_store_close(st);
+    tu_rmtree(dir);
+    free(dir);
+    km_ctx_free(c);
+    km_model_free(m);
+}
+
 int main(void) {
     km_log_level = -1; /* the rejections warn by design */
     km_engine_init();
@@ -355,6 +568,9 @@ int main(void) {
         cmocka_unit_test(test_disk_persistence_across_restart),
         cmocka_unit_test(test_full_hit_first_token_from_cache),
         cmocka_unit_test(test_hint_not_used_for_other_last_token_or_sampling),
+        cmocka_unit_test(test_hint_from_earlier_process_is_checked),
+        cmocka_unit_test(test_hint_trust_in_process),
+        cmocka_unit_test(test_many_segments_capped),
     };
     return cmocka_run_group_tests_name("pcache", tests, NULL, NULL);
 }

@@ -95,34 +95,82 @@ static void test_boundaries(void **state) {
     int out[64];
     /* explicit segments: unsorted, duplicated, out of range -> cleaned; last = n-1 */
     int seg[6] = {40, 10, 10, 0, 99, 49};
-    int n = km_boundaries(seg, 6, 50, 16, out);
+    int n = km_boundaries(seg, 6, 50, 16, out, NULL);
     assert_int_equal(n, 3);
     assert_int_equal(out[0], 10);
     assert_int_equal(out[1], 40);
     assert_int_equal(out[2], 49);
     /* no segments: fixed blocks */
-    n = km_boundaries(NULL, 0, 50, 16, out);
+    n = km_boundaries(NULL, 0, 50, 16, out, NULL);
     assert_int_equal(n, 4);
     assert_int_equal(out[0], 16);
     assert_int_equal(out[1], 32);
     assert_int_equal(out[2], 48);
     assert_int_equal(out[3], 49);
     /* a block ending exactly at n-1 is not duplicated */
-    n = km_boundaries(NULL, 0, 33, 16, out);
+    n = km_boundaries(NULL, 0, 33, 16, out, NULL);
     assert_int_equal(n, 2);
     assert_int_equal(out[1], 32);
     /* blocks off, no segments: only the end */
-    n = km_boundaries(NULL, 0, 7, 0, out);
+    n = km_boundaries(NULL, 0, 7, 0, out, NULL);
     assert_int_equal(n, 1);
     assert_int_equal(out[0], 6);
     /* a one-token prompt has nothing to cache */
-    assert_int_equal(km_boundaries(NULL, 0, 1, 16, out), 0);
+    assert_int_equal(km_boundaries(NULL, 0, 1, 16, out, NULL), 0);
     /* segments given: blocks are not added */
     int s2[1] = {5};
-    n = km_boundaries(s2, 1, 100, 16, out);
+    n = km_boundaries(s2, 1, 100, 16, out, NULL);
     assert_int_equal(n, 2);
     assert_int_equal(out[0], 5);
     assert_int_equal(out[1], 99);
+}
+
+/* 1024 segment ends two tokens apart: the first KM_BOUNDS_DENSE are kept,
+ * later ones only when far enough past the previous (max(64, p/8) tokens),
+ * KM_MAX_BOUNDS in all; the choice in a shared prefix does not depend on what
+ * follows it (so keys, and reuse, survive the merging). */
+static void test_boundaries_merged(void **state) {
+    (void)state;
+    enum { N = 4096, NSEG = 1024 };
+    int seg[NSEG], out[N], merged = -1;
+    for (int i = 0; i < NSEG; i++) seg[i] = 2 * (i + 1);
+    int n = km_boundaries(seg, NSEG, N, 0, out, &merged);
+    assert_int_equal(n, 51);
+    for (int i = 0; i < KM_BOUNDS_DENSE; i++) assert_int_equal(out[i], 2 * (i + 1));
+    /* 64 past 64, then 64 (128/8 < 64), ...: each gap is max(64, p/8), rounded up to the next end */
+    assert_int_equal(out[KM_BOUNDS_DENSE], 128);
+    assert_int_equal(out[KM_BOUNDS_DENSE + 1], 192);
+    assert_int_equal(out[KM_BOUNDS_DENSE + 8], 648); /* past 512: p/8 (576 + 72) */
+    assert_int_equal(out[n - 2], 1874);             /* the next would be >= 2108, past the last end (2048) */
+    assert_int_equal(out[n - 1], N - 1);
+    assert_int_equal(merged, NSEG - (n - 1));
+    for (int i = 1; i < n; i++) {
+        int gap = out[i - 1] / 8 > 64 ? out[i - 1] / 8 : 64;
+        assert_true(out[i] > out[i - 1]);
+        if (i >= KM_BOUNDS_DENSE && i < n - 1) assert_true(out[i] - out[i - 1] >= gap);
+    }
+    /* the same prompt cut shorter (first 700 segments): the same boundaries up to there */
+    int out2[N];
+    int n2 = km_boundaries(seg, 700, 1500, 0, out2, &merged);
+    for (int i = 0; i < n2 - 1; i++) assert_int_equal(out2[i], out[i]);
+    assert_true(out2[n2 - 2] <= 1400);
+    /* at most KM_MAX_BOUNDS however long the prompt: segment ends every 64 tokens of 1M */
+    static int big_seg[16384], big_out[1 << 20];
+    for (int i = 0; i < 16384; i++) big_seg[i] = 64 * (i + 1);
+    n = km_boundaries(big_seg, 16384, 1 << 20, 0, big_out, &merged);
+    assert_int_equal(n, KM_MAX_BOUNDS);
+    assert_int_equal(merged, 16383 - (KM_MAX_BOUNDS - 1)); /* 64 x 16384 is past the end */
+    assert_int_equal(big_out[KM_MAX_BOUNDS - 2], 86592); /* beyond: only the end (1/12 of this prompt) */
+    /* a prompt with few segments is untouched */
+    n = km_boundaries(seg, KM_BOUNDS_DENSE, N, 0, out, &merged);
+    assert_int_equal(n, KM_BOUNDS_DENSE + 1);
+    assert_int_equal(merged, 0);
+    /* blocks are merged the same way: 256-token blocks of a 64k-token prompt */
+    n = km_boundaries(NULL, 0, 65536, 256, big_out, &merged);
+    assert_int_equal(n, 49);
+    assert_int_equal(big_out[KM_BOUNDS_DENSE - 1], 8192);
+    assert_int_equal(big_out[KM_BOUNDS_DENSE], 9216); /* 8192/8 = 1024 past */
+    assert_int_equal(merged, 255 - (n - 1));
 }
 
 int main(void) {
@@ -131,6 +179,7 @@ int main(void) {
         cmocka_unit_test(test_chaining_is_prefix_exact),
         cmocka_unit_test(test_hex_roundtrip),
         cmocka_unit_test(test_boundaries),
+        cmocka_unit_test(test_boundaries_merged),
     };
     return cmocka_run_group_tests_name("prefix", tests, NULL, NULL);
 }

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -99,10 +100,10 @@ static void test_roundtrip_namespace_ttl(void **state) {
     km_error err;
     uint8_t *b = blob_n(1, 100000), *got;
     size_t len;
-    assert_int_equal(km_redis_get(r, key_n(1), &got, &len, &err), 1); /* miss */
+    assert_int_equal(km_redis_get(r, key_n(1), 0, &got, &len, &err), 1); /* miss */
     assert_int_equal(km_redis_put_async(r, key_n(1), b, 100000, &err), 0);
     assert_int_equal(km_redis_flush(r, 5000), 0);
-    assert_int_equal(km_redis_get(r, key_n(1), &got, &len, &err), 0);
+    assert_int_equal(km_redis_get(r, key_n(1), 0, &got, &len, &err), 0);
     assert_int_equal(len, 100000);
     assert_memory_equal(got, b, len);
     free(got);
@@ -128,15 +129,15 @@ static void test_roundtrip_namespace_ttl(void **state) {
         small.max_blob = 1000;
         small.sync_period_ms = 0;
         km_redis *s = km_redis_open(&small, FP, &err);
-        assert_int_equal(km_redis_get(s, key_n(1), &got, &len, &err), 2);
-        assert_non_null(strstr(err.msg, "exceeds the limit of 1000"));
+        assert_int_equal(km_redis_get(s, key_n(1), 0, &got, &len, &err), 2);
+        assert_non_null(strstr(err.msg, "is over 1000 bytes"));
         assert_int_equal(km_redis_get_stats(s).bad_values, 1);
         assert_int_equal(km_redis_put_async(s, key_n(9), b, 100000, &err), -1);
         km_redis_close(s, 100);
     }
     /* delete */
     assert_int_equal(km_redis_del(r, key_n(1), &err), 0);
-    assert_int_equal(km_redis_get(r, key_n(1), &got, &len, &err), 1);
+    assert_int_equal(km_redis_get(r, key_n(1), 0, &got, &len, &err), 1);
     km_redis_stats st = km_redis_get_stats(r);
     assert_int_equal(st.gets, 3);
     assert_int_equal(st.hits, 1);
@@ -160,14 +161,14 @@ static void test_auth(void **state) {
     uint8_t *got;
     size_t len;
     km_redis *good = open_tier(port, ":s3cret@", 0, 0);
-    assert_int_equal(km_redis_get(good, key_n(2), &got, &len, &err), 1);
+    assert_int_equal(km_redis_get(good, key_n(2), 0, &got, &len, &err), 1);
     km_redis_close(good, 100);
     km_redis *bad = open_tier(port, ":wrong@", 0, 0);
-    assert_int_equal(km_redis_get(bad, key_n(2), &got, &len, &err), -1);
+    assert_int_equal(km_redis_get(bad, key_n(2), 0, &got, &len, &err), -1);
     assert_false(km_redis_get_stats(bad).up);
     km_redis_close(bad, 100);
     km_redis *none = open_tier(port, NULL, 0, 0);
-    assert_int_equal(km_redis_get(none, key_n(2), &got, &len, &err), -1);
+    assert_int_equal(km_redis_get(none, key_n(2), 0, &got, &len, &err), -1);
     km_redis_close(none, 100);
     tu_redis_stop(pid, 0);
 }
@@ -181,7 +182,7 @@ static void test_absent_then_back(void **state) {
     uint8_t *got;
     size_t len;
     double t0 = km_now_ms();
-    assert_int_equal(km_redis_get(r, key_n(3), &got, &len, &err), -1);
+    assert_int_equal(km_redis_get(r, key_n(3), 0, &got, &len, &err), -1);
     assert_true(km_now_ms() - t0 < 200); /* down: fails fast (refused, then no attempt before the backoff ends) */
     uint8_t *b = blob_n(3, 5000);
     assert_int_equal(km_redis_put_async(r, key_n(3), b, 5000, &err), 0);
@@ -192,7 +193,7 @@ static void test_absent_then_back(void **state) {
     /* the read path reconnects after its backoff too */
     int rc = -1;
     for (int i = 0; i < 100 && rc != 0; i++) {
-        rc = km_redis_get(r, key_n(3), &got, &len, &err);
+        rc = km_redis_get(r, key_n(3), 0, &got, &len, &err);
         if (rc != 0) usleep(100 * 1000);
     }
     assert_int_equal(rc, 0);
@@ -213,22 +214,108 @@ static void test_killed_and_restarted(void **state) {
     km_error err;
     uint8_t *got;
     size_t len;
-    assert_int_equal(km_redis_get(r, key_n(4), &got, &len, &err), 1);
+    assert_int_equal(km_redis_get(r, key_n(4), 0, &got, &len, &err), 1);
     tu_redis_stop(pid, 1);
     double t0 = km_now_ms();
-    assert_int_equal(km_redis_get(r, key_n(4), &got, &len, &err), -1);
-    assert_int_equal(km_redis_get(r, key_n(4), &got, &len, &err), -1);
+    assert_int_equal(km_redis_get(r, key_n(4), 0, &got, &len, &err), -1);
+    assert_int_equal(km_redis_get(r, key_n(4), 0, &got, &len, &err), -1);
     assert_true(km_now_ms() - t0 < 1200); /* bounded by the timeouts, then backoff */
     pid = tu_redis_start(port, NULL);
     skip_without_redis(pid);
     int rc = -1;
     for (int i = 0; i < 100 && rc < 0; i++) {
-        rc = km_redis_get(r, key_n(4), &got, &len, &err);
+        rc = km_redis_get(r, key_n(4), 0, &got, &len, &err);
         if (rc < 0) usleep(100 * 1000);
     }
     assert_int_equal(rc, 1);
     assert_true(km_redis_get_stats(r).up);
     km_redis_close(r, 1000);
+    tu_redis_stop(pid, 0);
+}
+
+/* The down warning names the cause: a connection that breaks mid-command
+ * reports hiredis's reason (it used to read it from the freed context and
+ * print "unavailable (cache reads: )" or garbage). */
+static void test_down_warning_has_reason(void **state) {
+    (void)state;
+    int port = tu_free_port();
+    int pid = tu_redis_start(port, NULL);
+    skip_without_redis(pid);
+    km_redis *r = open_tier(port, NULL, 0, 0);
+    km_error err;
+    uint8_t *got;
+    size_t len;
+    assert_int_equal(km_redis_get(r, key_n(4), 0, &got, &len, &err), 1); /* connected */
+    tu_redis_stop(pid, 1);
+    int level = km_log_level;
+    km_log_level = 0;
+    tu_stderr_begin();
+    assert_int_equal(km_redis_get(r, key_n(4), 0, &got, &len, &err), -1);
+    char *log = tu_stderr_end();
+    km_log_level = level;
+    const char *why = strstr(err.msg, "failed: "); /* "Redis GET failed: <hiredis's reason>" */
+    assert_non_null(why);
+    why += strlen("failed: ");
+    assert_true(strlen(why) > 3);
+    char expect[600];
+    snprintf(expect, sizeof expect, "unavailable (cache reads: %s);", why);
+    if (!strstr(log, expect)) fail_msg("warning without its reason: '%s' (expected '%s')", log, expect);
+    free(log);
+    km_redis_close(r, 100);
+}
+
+static long max_rss_kb(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_maxrss;
+}
+
+/* A value far larger than any state of its key (64 MB, made by the server:
+ * SETRANGE) is refused after reading at most the bound plus one byte: fast,
+ * and this process never holds it (a GET read it whole first). */
+static void test_oversized_value_not_read(void **state) {
+    (void)state;
+    int port = tu_free_port();
+    int pid = tu_redis_start(port, NULL);
+    skip_without_redis(pid);
+    km_redis *r = open_tier(port, NULL, 0, 0);
+    char k[128];
+    km_redis_state_key(r, key_n(40), k, sizeof k);
+    redisContext *c = redisConnect("127.0.0.1", port);
+    redisReply *rep = redisCommand(c, "SELECT 2");
+    freeReplyObject(rep);
+    rep = redisCommand(c, "SETRANGE %s %d x", k, (64 << 20) - 1);
+    assert_int_equal(rep->integer, 64 << 20);
+    freeReplyObject(rep);
+    km_error err;
+    uint8_t *got;
+    size_t len;
+    long rss0 = max_rss_kb();
+    double t0 = km_now_ms();
+    assert_int_equal(km_redis_get(r, key_n(40), 100000, &got, &len, &err), 2);
+    double dt = km_now_ms() - t0;
+    assert_null(got);
+    assert_non_null(strstr(err.msg, "is over 100000 bytes"));
+    long grown_kb = max_rss_kb() - rss0;
+    print_message("    64 MB value refused in %.1f ms, peak RSS +%ld kB\n", dt, grown_kb);
+    assert_true(grown_kb < 16 * 1024); /* a whole read costs >= 64 MB */
+    assert_true(dt < 500);
+    km_redis_stats st = km_redis_get_stats(r);
+    assert_int_equal(st.bad_values, 1);
+    assert_int_equal(st.bytes_down, 0);
+    /* a value within the bound is read; a missing key is a miss, not a bad value */
+    uint8_t *b = blob_n(41, 5000);
+    assert_int_equal(km_redis_put_async(r, key_n(41), b, 5000, &err), 0);
+    assert_int_equal(km_redis_flush(r, 5000), 0);
+    assert_int_equal(km_redis_get(r, key_n(41), 5000, &got, &len, &err), 0);
+    assert_int_equal(len, 5000);
+    assert_memory_equal(got, b, 5000);
+    free(got);
+    assert_int_equal(km_redis_get(r, key_n(41), 4999, &got, &len, &err), 2);
+    assert_int_equal(km_redis_get(r, key_n(42), 5000, &got, &len, &err), 1);
+    free(b);
+    redisFree(c);
+    km_redis_close(r, 100);
     tu_redis_stop(pid, 0);
 }
 
@@ -247,7 +334,7 @@ static void test_silent_server_times_out(void **state) {
     uint8_t *got;
     size_t len;
     double t0 = km_now_ms();
-    assert_int_equal(km_redis_get(r, key_n(5), &got, &len, &err), -1);
+    assert_int_equal(km_redis_get(r, key_n(5), 0, &got, &len, &err), -1);
     double dt = km_now_ms() - t0;
     assert_true(dt < 1500); /* io timeout 500 ms */
     uint8_t b[10] = {0};
@@ -354,6 +441,175 @@ static void test_catalog_sync_and_rebuild(void **state) {
     tu_redis_stop(pid, 0);
 }
 
+/* Wait (at most 10 s) until r's catalog copy may hold key. */
+static bool wait_maybe_has(km_redis *r, km_key key) {
+    for (int i = 0; i < 500; i++) {
+        if (km_redis_maybe_has(r, key)) return true;
+        usleep(20 * 1000);
+    }
+    return false;
+}
+
+/* Redis restarts empty under running clients: the upload list starts again
+ * at 0, far behind a client's position in the old one. The client notices
+ * (the epoch is gone, the list is shorter) and reloads, so the first uploads
+ * after the restart are found; they used to be skipped for good. */
+static void test_catalog_resync_after_empty_restart(void **state) {
+    (void)state;
+    int port = tu_free_port();
+    int pid = tu_redis_start(port, NULL);
+    skip_without_redis(pid);
+    km_error err;
+    km_redis *a = open_tier(port, NULL, 0, 0), *e = open_tier_sync(port, NULL, 0, 0, 50);
+    uint8_t data[64] = {1};
+    for (int i = 0; i < 10; i++) assert_int_equal(km_redis_put_async(a, key_n(2000 + i), data, sizeof data, &err), 0);
+    assert_int_equal(km_redis_flush(a, 5000), 0);
+    assert_true(wait_maybe_has(e, key_n(2009)));
+    assert_int_equal(km_redis_get_stats(e).catalog_version, 10);
+
+    tu_redis_stop(pid, 1);
+    pid = tu_redis_start(port, NULL); /* no persistence: empty */
+    skip_without_redis(pid);
+    for (int i = 0; i < 3; i++) assert_int_equal(km_redis_put_async(a, key_n(3000 + i), data, sizeof data, &err), 0);
+    assert_int_equal(km_redis_flush(a, 8000), 0);
+    /* the first one met the connection the restart broke: sent again, not lost */
+    assert_int_equal(km_redis_get_stats(a).uploads_failed, 0);
+    assert_int_equal(km_redis_get_stats(a).uploads_done, 13);
+    for (int i = 0; i < 3; i++) assert_true(wait_maybe_has(e, key_n(3000 + i)));
+    km_redis_stats st = km_redis_get_stats(e);
+    assert_int_equal(st.catalog_resets, 1);
+    assert_int_equal(st.catalog_version, 3);
+    int stale = 0; /* the states lost with the restart are out of the copy */
+    for (int i = 0; i < 10; i++) stale += km_redis_maybe_has(e, key_n(2000 + i));
+    assert_true(stale <= 1);
+
+    /* a later sync in the same epoch does not reset again */
+    assert_int_equal(km_redis_catalog_sync(e, true, &err), 0);
+    assert_int_equal(km_redis_get_stats(e).catalog_resets, 1);
+    km_redis_close(e, 100);
+    km_redis_close(a, 1000);
+    tu_redis_stop(pid, 0);
+}
+
+/* Another type of value where the upload list belongs (here a string): every
+ * RPUSH fails, and `kvmesh catalog rebuild` used to fail too ("unexpected
+ * LLEN reply: WRONGTYPE"). The rebuild now deletes it, builds the master from
+ * the states present and starts a new epoch: other clients reload, and new
+ * uploads are listed again. */
+static void test_rebuild_repairs_wrong_typed_list(void **state) {
+    (void)state;
+    int port = tu_free_port();
+    int pid = tu_redis_start(port, NULL);
+    skip_without_redis(pid);
+    km_error err;
+    km_redis *a = open_tier(port, NULL, 0, 0), *b = open_tier(port, NULL, 0, 0);
+    uint8_t data[64] = {1};
+    for (int i = 0; i < 5; i++) assert_int_equal(km_redis_put_async(a, key_n(5000 + i), data, sizeof data, &err), 0);
+    assert_int_equal(km_redis_flush(a, 5000), 0);
+    assert_int_equal(km_redis_catalog_sync(b, false, &err), 0);
+    assert_int_equal(km_redis_get_stats(b).catalog_version, 5);
+
+    redisContext *c = redisConnect("127.0.0.1", port);
+    redisReply *rep = redisCommand(c, "SELECT 2");
+    freeReplyObject(rep);
+    const char *list = "kvmesh:v1:aa0102030405060708090a0b0c0d0ebb:added";
+    freeReplyObject(redisCommand(c, "DEL %s", list));
+    freeReplyObject(redisCommand(c, "SET %s %s", list, "not a list"));
+    assert_int_equal(km_redis_put_async(a, key_n(5005), data, sizeof data, &err), 0); /* SET ok, RPUSH refused */
+    assert_int_equal(km_redis_flush(a, 5000), 0);
+    assert_int_equal(km_redis_catalog_sync(b, false, &err), -1);
+    assert_non_null(strstr(err.msg, "is not a list"));
+    /* a background syncer says so, once (it used to be silent) */
+    int level = km_log_level;
+    km_log_level = 0;
+    tu_stderr_begin();
+    km_redis *bg = open_tier_sync(port, NULL, 0, 0, 20);
+    usleep(300 * 1000);
+    km_redis_close(bg, 100);
+    char *log = tu_stderr_end();
+    km_log_level = level;
+    const char *w = strstr(log, "catalog not synced: catalog list kvmesh:v1:aa0102030405060708090a0b0c0d0ebb:added is not a list");
+    if (!w) fail_msg("no warning: '%s'", log);
+    assert_null(strstr(w + 1, "catalog not synced"));
+    free(log);
+
+    uint32_t n = 0;
+    if (km_redis_catalog_rebuild(a, &n, &err) != 0) fail_msg("rebuild: %s", err.msg);
+    assert_int_equal(n, 6);
+    rep = redisCommand(c, "EXISTS %s", list);
+    assert_int_equal(rep->integer, 0); /* gone; the next upload starts a new list */
+    freeReplyObject(rep);
+    assert_int_equal(km_redis_put_async(a, key_n(5006), data, sizeof data, &err), 0);
+    assert_int_equal(km_redis_flush(a, 5000), 0);
+    rep = redisCommand(c, "LLEN %s", list);
+    assert_int_equal(rep->integer, 1);
+    freeReplyObject(rep);
+
+    assert_int_equal(km_redis_catalog_sync(b, false, &err), 0);
+    km_redis_stats st = km_redis_get_stats(b);
+    assert_int_equal(st.catalog_resets, 1);
+    assert_int_equal(st.catalog_full_loads, 1); /* the rebuilt master */
+    assert_int_equal(st.catalog_version, 1);
+    for (int i = 0; i < 7; i++) assert_true(km_redis_maybe_has(b, key_n(5000 + i)));
+    redisFree(c);
+    km_redis_close(b, 100);
+    km_redis_close(a, 1000);
+    tu_redis_stop(pid, 0);
+}
+
+/* A 64 MB entry pushed into the upload list (LRANGE would read it whole, and
+ * 4096 entries at a time): a sync checks the list's memory first and refuses
+ * to read it, and `kvmesh catalog rebuild` replaces the list. */
+static void test_list_with_oversized_entry(void **state) {
+    (void)state;
+    int port = tu_free_port();
+    int pid = tu_redis_start(port, NULL);
+    skip_without_redis(pid);
+    km_error err;
+    km_redis *a = open_tier(port, NULL, 0, 0), *e = open_tier(port, NULL, 0, 0);
+    uint8_t data[64] = {1};
+    for (int i = 0; i < 3; i++) assert_int_equal(km_redis_put_async(a, key_n(6000 + i), data, sizeof data, &err), 0);
+    assert_int_equal(km_redis_flush(a, 5000), 0);
+    assert_int_equal(km_redis_catalog_sync(e, false, &err), 0);
+    assert_int_equal(km_redis_get_stats(e).catalog_version, 3);
+
+    redisContext *c = redisConnect("127.0.0.1", port);
+    freeReplyObject(redisCommand(c, "SELECT 2"));
+    const char *list = "kvmesh:v1:aa0102030405060708090a0b0c0d0ebb:added";
+    freeReplyObject(redisCommand(c, "SETRANGE big %d x", (64 << 20) - 1)); /* made by the server: never in this process */
+    redisReply *rep = redisCommand(c, "EVAL %s 2 %s big", "return redis.call('RPUSH', KEYS[1], redis.call('GET', KEYS[2]))", list);
+    assert_int_equal(rep->integer, 4);
+    freeReplyObject(rep);
+    freeReplyObject(redisCommand(c, "DEL big"));
+    assert_int_equal(km_redis_put_async(a, key_n(6003), data, sizeof data, &err), 0);
+    assert_int_equal(km_redis_flush(a, 5000), 0);
+
+    long rss0 = max_rss_kb();
+    assert_int_equal(km_redis_catalog_sync(e, false, &err), -1);
+    assert_non_null(strstr(err.msg, "more than keys"));
+    assert_true(max_rss_kb() - rss0 < 16 * 1024);
+    assert_int_equal(km_redis_get_stats(e).catalog_version, 3);
+
+    uint32_t n = 0;
+    if (km_redis_catalog_rebuild(a, &n, &err) != 0) fail_msg("rebuild: %s", err.msg);
+    assert_int_equal(n, 4);
+    assert_true(max_rss_kb() - rss0 < 16 * 1024);
+    rep = redisCommand(c, "EXISTS %s", list);
+    assert_int_equal(rep->integer, 0);
+    freeReplyObject(rep);
+    assert_int_equal(km_redis_put_async(a, key_n(6004), data, sizeof data, &err), 0);
+    assert_int_equal(km_redis_flush(a, 5000), 0);
+    assert_int_equal(km_redis_catalog_sync(e, false, &err), 0);
+    km_redis_stats st = km_redis_get_stats(e);
+    assert_int_equal(st.catalog_resets, 1);
+    assert_int_equal(st.catalog_version, 1);
+    for (int i = 0; i < 5; i++) assert_true(km_redis_maybe_has(e, key_n(6000 + i)));
+    redisFree(c);
+    km_redis_close(e, 100);
+    km_redis_close(a, 1000);
+    tu_redis_stop(pid, 0);
+}
+
 /* Through an emulated link, a GET pays the round trip and the bytes; the
  * write-behind upload pays too, but off the caller's path. */
 static void test_link_shapes_transfers(void **state) {
@@ -379,13 +635,13 @@ static void test_link_shapes_transfers(void **state) {
     assert_int_equal(km_redis_flush(r, 5000), 0);
     assert_true(km_now_ms() - t0 >= 120); /* the writer paid 20 ms + 100 ms */
     t0 = km_now_ms();
-    assert_int_equal(km_redis_get(r, key_n(7), &got, &len, &err), 0);
+    assert_int_equal(km_redis_get(r, key_n(7), 0, &got, &len, &err), 0);
     double dt = km_now_ms() - t0;
     assert_true(dt >= 120 && dt < 600);
     assert_memory_equal(got, b, 100000);
     free(got);
     t0 = km_now_ms();
-    assert_int_equal(km_redis_get(r, key_n(8), &got, &len, &err), 1); /* a miss still pays the round trip */
+    assert_int_equal(km_redis_get(r, key_n(8), 0, &got, &len, &err), 1); /* a miss still pays the round trip */
     assert_true(km_now_ms() - t0 >= 20);
     km_redis_stats st = km_redis_get_stats(r);
     assert_true(st.get_ms >= 140);
@@ -421,7 +677,7 @@ static void test_upload_compressed(void **state) {
     uint8_t *opaque = blob_n(3, 1000);
     assert_int_equal(km_redis_put_async(r, key_n(31), opaque, 1000, &err), 0); /* not a blob: as given */
     assert_int_equal(km_redis_flush(r, 5000), 0);
-    assert_int_equal(km_redis_get(r, key_n(30), &got, &glen, &err), 0);
+    assert_int_equal(km_redis_get(r, key_n(30), 0, &got, &glen, &err), 0);
     assert_true(glen < len / 4);
     km_blob_info info;
     assert_int_equal(km_blob_parse(got, glen, (size_t)1 << 30, &info, &err), 0);
@@ -440,7 +696,7 @@ static void test_upload_compressed(void **state) {
     assert_int_equal(st.bytes_up_raw, len + 1000);
     assert_true(st.compress_ms > 0);
     free(got);
-    assert_int_equal(km_redis_get(r, key_n(31), &got, &glen, &err), 0);
+    assert_int_equal(km_redis_get(r, key_n(31), 0, &got, &glen, &err), 0);
     assert_int_equal(glen, 1000);
     assert_memory_equal(got, opaque, 1000);
     free(got);
@@ -457,7 +713,7 @@ static void test_upload_compressed(void **state) {
     assert_non_null(r);
     assert_int_equal(km_redis_put_async(r, key_n(32), b, len, &err), 0);
     assert_int_equal(km_redis_flush(r, 5000), 0);
-    assert_int_equal(km_redis_get(r, key_n(32), &got, &glen, &err), 0);
+    assert_int_equal(km_redis_get(r, key_n(32), 0, &got, &glen, &err), 0);
     assert_int_equal(glen, len);
     assert_memory_equal(got, b, len);
     st = km_redis_get_stats(r);
@@ -479,9 +735,14 @@ int main(void) {
         cmocka_unit_test(test_auth),
         cmocka_unit_test(test_absent_then_back),
         cmocka_unit_test(test_killed_and_restarted),
+        cmocka_unit_test(test_down_warning_has_reason),
+        cmocka_unit_test(test_oversized_value_not_read),
         cmocka_unit_test(test_silent_server_times_out),
         cmocka_unit_test(test_queue_budget),
         cmocka_unit_test(test_catalog_sync_and_rebuild),
+        cmocka_unit_test(test_catalog_resync_after_empty_restart),
+        cmocka_unit_test(test_rebuild_repairs_wrong_typed_list),
+        cmocka_unit_test(test_list_with_oversized_entry),
         cmocka_unit_test(test_link_shapes_transfers),
         cmocka_unit_test(test_upload_compressed),
     };

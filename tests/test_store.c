@@ -561,6 +561,41 @@ static void test_disk_budget(void **state) {
     km_store_close(s);
 }
 
+/* The disk tier's recency holds across processes: a get marks the file (from
+ * disk or from RAM), so the next process -- each `kvmesh run` is one --
+ * evicts what was used least recently, not what was written first. */
+static void test_disk_recency_across_reopen(void **state) {
+    const char *dir = *state;
+    km_key a = mkkey(12, 1), b = mkkey(12, 2), c = mkkey(12, 3), d = mkkey(12, 4);
+    km_store *s = open_store(0, dir, 3000);
+    put_blob(s, a, 1000);
+    put_blob(s, b, 1000);
+    put_blob(s, c, 1000);
+    km_store_close(s);
+    time_t now = time(NULL);
+    set_mtime(key_file(dir, a), now - 300); /* written in this order, a while ago */
+    set_mtime(key_file(dir, b), now - 200);
+    set_mtime(key_file(dir, c), now - 100);
+
+    s = open_store(1 << 20, dir, 3000);
+    expect_blob(s, a, 1000); /* from disk, promoted to RAM */
+    set_mtime(key_file(dir, a), now - 300);
+    expect_blob(s, a, 1000); /* from RAM: a use all the same */
+    km_store_close(s);
+    struct stat st;
+    assert_int_equal(stat(key_file(dir, a), &st), 0);
+    assert_true(st.st_mtime >= now - 5);
+
+    s = open_store(0, dir, 3000); /* the next process: recency from the files */
+    put_blob(s, d, 1000);
+    km_store_flush(s);
+    assert_int_equal(file_size(key_file(dir, b)), -1); /* least recently used */
+    assert_int_equal(file_size(key_file(dir, a)), 1000);
+    assert_int_equal(file_size(key_file(dir, c)), 1000);
+    assert_int_equal(file_size(key_file(dir, d)), 1000);
+    km_store_close(s);
+}
+
 static void test_vanished_file(void **state) {
     const char *dir = *state;
     km_store *s = open_store(0, dir, 0);
@@ -581,10 +616,26 @@ static void test_vanished_file(void **state) {
     km_store_close(s);
 }
 
+/* The pid of a process that has exited (and been reaped). */
+static long dead_pid(void) {
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) _exit(0);
+    assert_int_equal(waitpid(pid, NULL, 0), pid);
+    return (long)pid;
+}
+
+/* The temp file of key k as a writer of process pid names it. */
+static const char *temp_file(const char *dir, km_key k, long pid) {
+    char hex[33], name[128];
+    km_key_hex(k, hex);
+    snprintf(name, sizeof name, "%s.kvb.%ld.tmp", hex, pid);
+    return dir_file(dir, name);
+}
+
 static void test_odd_files_ignored(void **state) {
     const char *dir = *state;
     km_key good = mkkey(10, 1), huge = mkkey(10, 2), isdir = mkkey(10, 3), stale = mkkey(10, 4);
-    char hex[33];
 
     uint8_t *blob = make_blob(good, 500);
     write_file(key_file(dir, good), blob, 500);
@@ -598,12 +649,9 @@ static void test_odd_files_ignored(void **state) {
     write_file(dir_file(dir, "0123456789abcdef0123456789abcde.kvb"), junk, 10);  /* 31 digits */
     write_file(dir_file(dir, "0123456789ABCDEF0123456789ABCDEF.kvb"), junk, 10); /* not our spelling */
     write_file(dir_file(dir, "other.tmp"), junk, 10);                            /* not ours */
-    km_key_hex(stale, hex);
-    char name[128];
-    snprintf(name, sizeof name, "%s.kvb.4242.tmp", hex); /* a crashed writer's leftover */
-    write_file(dir_file(dir, name), junk, 100);
     char stale_tmp[4200];
-    snprintf(stale_tmp, sizeof stale_tmp, "%s", dir_file(dir, name));
+    snprintf(stale_tmp, sizeof stale_tmp, "%s", temp_file(dir, stale, dead_pid())); /* a crashed writer's leftover */
+    write_file(stale_tmp, junk, 100);
 
     km_store_params p = km_store_default_params();
     p.disk_dir = dir;
@@ -626,6 +674,30 @@ static void test_odd_files_ignored(void **state) {
     assert_int_equal(file_size(key_file(dir, huge)), 2000); /* ignored, not deleted */
     km_store_close(s);
     assert_int_equal(file_size(dir_file(dir, "README.txt")), 5);
+}
+
+/* Opening a directory leaves the temp files of live writers alone (another
+ * process is writing them right now); those of dead writers, and those no one
+ * touched for over an hour (a pid reused since), are removed. */
+static void test_live_writers_temp_kept(void **state) {
+    const char *dir = *state;
+    uint8_t junk[100];
+    memset(junk, 0xee, sizeof junk);
+    char live[4200], dead[4200], old[4200];
+    snprintf(live, sizeof live, "%s", temp_file(dir, mkkey(11, 1), (long)getpid()));
+    snprintf(dead, sizeof dead, "%s", temp_file(dir, mkkey(11, 2), dead_pid()));
+    snprintf(old, sizeof old, "%s", temp_file(dir, mkkey(11, 3), (long)getppid()));
+    write_file(live, junk, sizeof junk);
+    write_file(dead, junk, sizeof junk);
+    write_file(old, junk, sizeof junk);
+    set_mtime(old, time(NULL) - 7200);
+    km_store *s = open_store(0, dir, 0);
+    assert_int_equal(file_size(live), (long)sizeof junk);
+    assert_int_equal(file_size(dead), -1);
+    assert_int_equal(file_size(old), -1);
+    assert_int_equal(km_store_get_stats(s).disk_entries, 0); /* temp files are never entries */
+    km_store_close(s);
+    assert_int_equal(file_size(live), (long)sizeof junk);
 }
 
 static void test_write_error(void **state) {
@@ -1012,6 +1084,66 @@ static void test_keys_and_changes(void **state) {
     km_store_close(s);
 }
 
+/* Whether a get reports the bytes of k as this process's own (see Origin). */
+static bool get_trusted(km_store *s, km_key k) {
+    uint8_t *b;
+    size_t n;
+    bool trusted = true;
+    km_error err = {{0}};
+    if (km_store_get_origin(s, k, &b, &n, &trusted, &err) != 0) fail_msg("get: %s", err.msg);
+    free(b);
+    return trusted;
+}
+
+/* Origin: put vs put_untrusted, in RAM and on disk; a file this process
+ * wrote stops being its own once replaced or changed; a new process trusts
+ * none of the files it finds. */
+static void test_origin(void **state) {
+    const char *dir = *state;
+    km_key own = mkkey(1, 1), foreign = mkkey(2, 2), replaced = mkkey(3, 3), changed = mkkey(4, 4);
+    uint8_t *f = make_blob(foreign, 300);
+    km_store *s = open_store(1 << 20, NULL, 0);
+    put_blob(s, own, 300);
+    assert_int_equal(km_store_put_untrusted(s, foreign, f, 300, NULL), 0);
+    assert_true(get_trusted(s, own));
+    assert_false(get_trusted(s, foreign));
+    km_store_close(s);
+
+    s = open_store(0, dir, 0); /* disk only: every get reads the file */
+    put_blob(s, own, 300);
+    assert_int_equal(km_store_put_untrusted(s, foreign, f, 300, NULL), 0);
+    put_blob(s, replaced, 300);
+    put_blob(s, changed, 300);
+    km_store_flush(s);
+    assert_true(get_trusted(s, own));
+    assert_false(get_trusted(s, foreign));
+    assert_true(get_trusted(s, replaced));
+    /* another file under its name (same size): not ours any more */
+    uint8_t *r = make_blob(replaced, 300);
+    r[10] ^= 1;
+    write_file(dir_file(dir, "x.tmp"), r, 300);
+    assert_int_equal(rename(dir_file(dir, "x.tmp"), key_file(dir, replaced)), 0);
+    assert_false(get_trusted(s, replaced));
+    /* changed in place, later (a new ctime) */
+    usleep(20000);
+    FILE *fp = fopen(key_file(dir, changed), "r+b");
+    assert_non_null(fp);
+    fputc(0x55, fp);
+    fclose(fp);
+    assert_false(get_trusted(s, changed));
+    assert_true(get_trusted(s, own));
+    km_store_close(s);
+
+    s = open_store(1 << 20, dir, 0); /* a new process: files of an earlier one */
+    assert_false(get_trusted(s, own));
+    assert_false(get_trusted(s, own)); /* also once promoted to RAM */
+    put_blob(s, own, 300);             /* put again: its own */
+    assert_true(get_trusted(s, own));
+    km_store_close(s);
+    free(r);
+    free(f);
+}
+
 int main(void) {
     km_log_level = 0;
     const struct CMUnitTest tests[] = {
@@ -1023,14 +1155,17 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_persistence, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_remove, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_disk_budget, setup_dir, teardown_dir),
+        cmocka_unit_test_setup_teardown(test_disk_recency_across_reopen, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_vanished_file, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_odd_files_ignored, setup_dir, teardown_dir),
+        cmocka_unit_test_setup_teardown(test_live_writers_temp_kept, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_write_error, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_crash_during_write, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_concurrency, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_disk_compression, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_disk_budget_compressed, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_keys_and_changes, setup_dir, teardown_dir),
+        cmocka_unit_test_setup_teardown(test_origin, setup_dir, teardown_dir),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -52,6 +52,32 @@ const char *tu_kvmesh_bin(void) {
     return b ? b : "kvmesh";
 }
 
+static int saved_stderr = -1;
+static FILE *captured;
+
+void tu_stderr_begin(void) {
+    fflush(stderr);
+    captured = tmpfile();
+    assert_non_null(captured);
+    saved_stderr = dup(2);
+    dup2(fileno(captured), 2);
+}
+
+char *tu_stderr_end(void) {
+    fflush(stderr);
+    dup2(saved_stderr, 2);
+    close(saved_stderr);
+    saved_stderr = -1;
+    int fd = fileno(captured);
+    off_t n = lseek(fd, 0, SEEK_END); /* stderr wrote through a dup: the offset is shared */
+    char *out = malloc((size_t)(n > 0 ? n : 0) + 1);
+    ssize_t got = n > 0 ? pread(fd, out, (size_t)n, 0) : 0;
+    out[got > 0 ? got : 0] = 0;
+    fclose(captured);
+    captured = NULL;
+    return out;
+}
+
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <signal.h>

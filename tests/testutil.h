@@ -19,6 +19,11 @@ char *tu_tmpdir(void);
 void tu_rmtree(const char *dir);
 /* The kvmesh binary under test. */
 const char *tu_kvmesh_bin(void);
+/* Send this process's stderr (the km_log output) to a temporary file until
+ * tu_stderr_end, which restores it and returns what was written (malloc'd,
+ * NUL-terminated). Not nested. */
+void tu_stderr_begin(void);
+char *tu_stderr_end(void);
 
 
 /* A free TCP port on 127.0.0.1 (bound and released; good enough for tests). */

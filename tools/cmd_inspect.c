@@ -12,7 +12,8 @@ static void inspect_usage(FILE *f) {
     fprintf(f,
             "usage: kvmesh inspect FILE\n"
             "\n"
-            "Describes FILE: a kvmesh state blob (.kvb; header fields, tokens, checksum check)\n"
+            "Describes FILE: a kvmesh state blob (.kvb; header fields, tokens, checksum check,\n"
+            "whether it carries a shared tier's MAC)\n"
             "or a GGUF model (architecture, shape keys, tensors). Exit 1 if FILE is invalid.\n");
 }
 
@@ -41,6 +42,8 @@ static int inspect_blob(const char *path, const uint8_t *data, size_t len) {
     else
         printf("payload:     uncompressed\n");
     if (b.has_next) printf("next token:  greedy picks %d after token %d (first-token hint)\n", b.next_token, b.next_from);
+    printf("mac:         %s\n", b.has_mac ? "present (a shared tier's; not checked here: needs its secret)"
+                                          : "none (a local state)");
     printf("first ids:  ");
     for (uint32_t i = 0; i < b.n_tokens && i < 16; i++) printf(" %d", km_blob_token(&b, i));
     printf("%s\n", b.n_tokens > 16 ? " ..." : "");

@@ -30,7 +30,8 @@ static void node_usage(FILE *f) {
             "      --advertise H:P     the address peers reach this node at (default: --listen's,\n"
             "                          with the port actually bound)\n"
             "      --mesh-secret-file F  shared secret of the mesh (>= 16 bytes, mode 600): peer calls\n"
-            "                          are authenticated with it (HMAC, replay window); with\n"
+            "                          are authenticated with it (HMAC, replay window), and so are\n"
+            "                          the states peers send (without it they are trusted as is); with\n"
             "                          --api-key-file and no secret the node runs without a mesh\n"
             "      --peer-allow LIST   networks whose addresses learned by gossip may be contacted,\n"
             "                          CIDR,... (default: loopback for a loopback node, else the\n"
@@ -49,7 +50,12 @@ static void node_usage(FILE *f) {
             "      --kv-type TYPE      f16 (default) or q8_0\n"
             "      --cache-dir DIR     disk tier of the state cache (default: none, RAM only)\n"
             "      --ram-budget MB     RAM tier size (default 256)\n"
+            "      --disk-budget MB    disk tier size: least recently used states go first\n"
+            "                          (default 4096; 0 = unlimited)\n"
             "      --store URL         shared tier: redis://[user:password@]host:port[/db]\n"
+            "      --store-secret-file F  secret of the shared tier (same file rules as the mesh's):\n"
+            "                          states uploaded are MAC'd with it, states fetched must be\n"
+            "                          (without it the tier is trusted as is; see docs/security.md)\n"
             "      --link SPEC         emulate the link to remote tiers, e.g. bw=20mbit,rtt=5ms\n"
             "      --slowdown K        emulate a K times slower device (time dilation of compute)\n"
             "      --block N           cache every N tokens of prompts without segments (default 256)\n"
@@ -78,12 +84,14 @@ static char *read_key_file(const char *path, km_error *err) {
 int cmd_node(int argc, char **argv) {
     km_node_params np = km_node_default_params();
     km_api_params ap = km_api_default_params();
-    const char *key_file = NULL, *port_file = NULL, *secret_file = NULL, *advertise = NULL, *peer_allow = NULL;
+    const char *key_file = NULL, *port_file = NULL, *secret_file = NULL, *advertise = NULL, *store_secret_file = NULL;
+    const char *peer_allow = NULL;
     km_mesh_params mp = km_mesh_default_params();
     int insecure = 0;
-    double ram_mb = 256;
+    double ram_mb = 256, disk_mb = (double)(np.store.disk_budget >> 20);
     enum { O_KEY = 1000, O_INSECURE, O_PAR, O_QUEUE, O_CTX, O_KV, O_CACHE, O_RAM, O_STORE, O_LINK, O_SLOW, O_BLOCK,
-           O_SALT, O_MAXBODY, O_PORTFILE, O_PEERS, O_ADVERTISE, O_SECRET, O_GOSSIP, O_ROUTE, O_PEER_ALLOW };
+           O_SALT, O_MAXBODY, O_PORTFILE, O_PEERS, O_ADVERTISE, O_SECRET, O_GOSSIP, O_ROUTE, O_STORE_SECRET, O_DISK,
+           O_PEER_ALLOW };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},          {"listen", required_argument, 0, 'l'},
         {"api-key-file", required_argument, 0, O_KEY}, {"insecure", no_argument, 0, O_INSECURE},
@@ -91,12 +99,14 @@ int cmd_node(int argc, char **argv) {
         {"threads", required_argument, 0, 't'},        {"ctx", required_argument, 0, O_CTX},
         {"kv-type", required_argument, 0, O_KV},       {"cache-dir", required_argument, 0, O_CACHE},
         {"ram-budget", required_argument, 0, O_RAM},   {"store", required_argument, 0, O_STORE},
+        {"disk-budget", required_argument, 0, O_DISK},
         {"link", required_argument, 0, O_LINK},        {"slowdown", required_argument, 0, O_SLOW},
         {"block", required_argument, 0, O_BLOCK},      {"salt", required_argument, 0, O_SALT},
         {"max-body", required_argument, 0, O_MAXBODY}, {"port-file", required_argument, 0, O_PORTFILE},
         {"peers", required_argument, 0, O_PEERS},      {"advertise", required_argument, 0, O_ADVERTISE},
         {"mesh-secret-file", required_argument, 0, O_SECRET}, {"gossip-ms", required_argument, 0, O_GOSSIP},
-        {"route", required_argument, 0, O_ROUTE},      {"peer-allow", required_argument, 0, O_PEER_ALLOW},
+        {"route", required_argument, 0, O_ROUTE},      {"store-secret-file", required_argument, 0, O_STORE_SECRET},
+        {"peer-allow", required_argument, 0, O_PEER_ALLOW},
         {"verbose", no_argument, 0, 'v'},              {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0}};
     int ch;
@@ -119,6 +129,7 @@ int cmd_node(int argc, char **argv) {
             break;
         case O_CACHE: np.store.disk_dir = optarg; break;
         case O_RAM: ram_mb = atof(optarg); break;
+        case O_DISK: disk_mb = atof(optarg); break;
         case O_STORE: np.store_url = optarg; break;
         case O_LINK: np.link_spec = optarg; break;
         case O_SLOW: np.ctx.slowdown = atof(optarg); break;
@@ -129,6 +140,7 @@ int cmd_node(int argc, char **argv) {
         case O_PEERS: mp.seeds = optarg; break;
         case O_ADVERTISE: advertise = optarg; break;
         case O_SECRET: secret_file = optarg; break;
+        case O_STORE_SECRET: store_secret_file = optarg; break;
         case O_GOSSIP: mp.gossip_ms = atoi(optarg); break;
         case O_PEER_ALLOW: peer_allow = optarg; break;
         case O_ROUTE:
@@ -151,11 +163,16 @@ int cmd_node(int argc, char **argv) {
         return 2;
     }
     if (np.n_parallel < 1 || np.queue_max < 0 || np.ctx.n_threads < 1 || np.ctx.n_ctx < 16 || np.block_size < 0 ||
-        !(ram_mb >= 0) || !(np.ctx.slowdown >= 1.0) || ap.max_body < 1024 || mp.gossip_ms < 10) {
+        !(ram_mb >= 0) || !(disk_mb >= 0) || !(np.ctx.slowdown >= 1.0) || ap.max_body < 1024 || mp.gossip_ms < 10) {
         fprintf(stderr, "kvmesh node: a numeric option is out of range (see --help)\n");
         return 2;
     }
+    if (store_secret_file && !np.store_url) {
+        fprintf(stderr, "kvmesh node: --store-secret-file needs --store\n");
+        return 2;
+    }
     np.store.ram_budget = (size_t)(ram_mb * 1024 * 1024);
+    np.store.disk_budget = (uint64_t)(disk_mb * 1024 * 1024);
     km_error err = {{0}};
     char host[256];
     int port;
@@ -207,6 +224,18 @@ int cmd_node(int argc, char **argv) {
         }
         mp.members.allow = allow;
     }
+    uint8_t *store_secret = NULL;
+    size_t store_secret_len = 0;
+    if (store_secret_file &&
+        km_peerauth_load_secret(store_secret_file, &store_secret, &store_secret_len, &err) != 0) {
+        fprintf(stderr, "kvmesh node: --store-secret-file: %s\n", err.msg);
+        km_netallow_free(allow);
+        free(key);
+        km_peerauth_secret_free(secret, secret_len);
+        return 2;
+    }
+    np.store_secret = store_secret;
+    np.store_secret_len = store_secret_len;
     ap.api_key = key;
     mp.secret = secret;
     mp.secret_len = secret_len;
@@ -224,6 +253,7 @@ int cmd_node(int argc, char **argv) {
     km_engine_init();
     km_metrics *metrics = km_metrics_new();
     km_node *node = km_node_start(&np, metrics, &err);
+    km_peerauth_secret_free(store_secret, store_secret_len); /* the Redis tier keeps its derived key */
     if (!node) {
         fprintf(stderr, "kvmesh node: %s\n", err.msg);
         km_metrics_free(metrics);

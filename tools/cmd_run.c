@@ -7,6 +7,7 @@
 #include "commands.h"
 #include "engine.h"
 #include "pcache.h"
+#include "peerauth.h"
 #include "prefix.h"
 #include "store.h"
 #include "util.h"
@@ -28,8 +29,13 @@ static void run_usage(FILE *f) {
             "                          (default $XDG_CACHE_HOME/kvmesh/states or ~/.cache/kvmesh/states)\n"
             "      --no-cache          neither read nor write cached states\n"
             "      --ram-budget MB     RAM tier size (default 256)\n"
+            "      --disk-budget MB    disk tier size: least recently used states go first\n"
+            "                          (default 4096; 0 = unlimited)\n"
             "      --salt STR          separate key space (default none)\n"
             "      --store URL         shared tier: redis://[user:password@]host:port[/db]\n"
+            "      --store-secret-file F  secret of the shared tier (>= 16 bytes, mode 600): states\n"
+            "                          uploaded are MAC'd with it, states fetched must be (without\n"
+            "                          it the tier is trusted as is; see docs/security.md)\n"
             "      --store-ttl S       expiry of states uploaded to the shared tier (default none)\n"
             "      --store-timeout MS  I/O timeout of shared-tier calls (default 2000; connect: 500)\n"
             "      --catalog-capacity N, --catalog-error P\n"
@@ -104,23 +110,25 @@ static const char *default_cache_dir(char *buf, size_t len) {
 int cmd_run(int argc, char **argv) {
     const char *model_path = NULL, *prompt = NULL, *prompt_file = NULL, *sep = NULL, *cache_dir = NULL, *salt = NULL;
     int n_predict = 32, block = 256, quiet = 0, no_cache = 0, store_ttl = 0;
-    const char *store_url = NULL;
+    const char *store_url = NULL, *store_secret_file = NULL;
     km_link_params link_p = {0, 0};
     km_redis_params rp = km_redis_default_params();
     int has_link = 0;
-    double ram_mb = 256;
+    double ram_mb = 256, disk_mb = (double)(km_store_default_params().disk_budget >> 20);
     km_ctx_params cp = km_ctx_default_params();
     km_sampling sp = km_sampling_default();
-    enum { O_SEP = 1000, O_BLOCK, O_CACHE, O_NOCACHE, O_RAM, O_SALT, O_TEMP, O_SEED, O_TOPK, O_TOPP, O_KV, O_FA, O_CTX, O_BATCH, O_STORE, O_STORE_TTL, O_LINK, O_SLOW, O_STORE_TIMEOUT, O_CAT_CAP, O_CAT_ERR };
+    enum { O_SEP = 1000, O_BLOCK, O_CACHE, O_NOCACHE, O_RAM, O_SALT, O_TEMP, O_SEED, O_TOPK, O_TOPP, O_KV, O_FA, O_CTX, O_BATCH, O_STORE, O_STORE_TTL, O_LINK, O_SLOW, O_STORE_TIMEOUT, O_CAT_CAP, O_CAT_ERR, O_STORE_SECRET, O_DISK };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},        {"prompt", required_argument, 0, 'p'},
         {"prompt-file", required_argument, 0, 'f'},  {"segment-sep", required_argument, 0, O_SEP},
         {"block", required_argument, 0, O_BLOCK},    {"cache-dir", required_argument, 0, O_CACHE},
         {"no-cache", no_argument, 0, O_NOCACHE},     {"ram-budget", required_argument, 0, O_RAM},
+        {"disk-budget", required_argument, 0, O_DISK},
         {"salt", required_argument, 0, O_SALT},      {"n-predict", required_argument, 0, 'n'},
         {"store", required_argument, 0, O_STORE},    {"store-ttl", required_argument, 0, O_STORE_TTL},
         {"link", required_argument, 0, O_LINK},      {"slowdown", required_argument, 0, O_SLOW},
         {"store-timeout", required_argument, 0, O_STORE_TIMEOUT},
+        {"store-secret-file", required_argument, 0, O_STORE_SECRET},
         {"catalog-capacity", required_argument, 0, O_CAT_CAP}, {"catalog-error", required_argument, 0, O_CAT_ERR},
         {"temp", required_argument, 0, O_TEMP},      {"seed", required_argument, 0, O_SEED},
         {"top-k", required_argument, 0, O_TOPK},     {"top-p", required_argument, 0, O_TOPP},
@@ -141,9 +149,11 @@ int cmd_run(int argc, char **argv) {
         case O_CACHE: cache_dir = optarg; break;
         case O_NOCACHE: no_cache = 1; break;
         case O_RAM: ram_mb = atof(optarg); break;
+        case O_DISK: disk_mb = atof(optarg); break;
         case O_SALT: salt = optarg; break;
         case O_STORE: store_url = optarg; break;
         case O_STORE_TTL: store_ttl = atoi(optarg); break;
+        case O_STORE_SECRET: store_secret_file = optarg; break;
         case O_LINK: {
             km_error e;
             if (km_link_parse(optarg, &link_p, &e) != 0) {
@@ -194,11 +204,15 @@ int cmd_run(int argc, char **argv) {
         fprintf(stderr, "kvmesh run: need --model and exactly one of --prompt / --prompt-file (see --help)\n");
         return 2;
     }
+    if (store_secret_file && !store_url) {
+        fprintf(stderr, "kvmesh run: --store-secret-file needs --store\n");
+        return 2;
+    }
     if (!(cp.slowdown >= 1.0)) {
         fprintf(stderr, "kvmesh run: --slowdown must be >= 1\n");
         return 2;
     }
-    if (n_predict < 0 || cp.n_threads < 1 || cp.n_ctx < 8 || cp.n_batch < 1 || block < 0 || ram_mb < 0) {
+    if (n_predict < 0 || cp.n_threads < 1 || cp.n_ctx < 8 || cp.n_batch < 1 || block < 0 || !(ram_mb >= 0) || !(disk_mb >= 0)) {
         fprintf(stderr, "kvmesh run: bad numeric option (see --help)\n");
         return 2;
     }
@@ -257,6 +271,7 @@ int cmd_run(int argc, char **argv) {
         char dbuf[4096];
         km_store_params stp = km_store_default_params();
         stp.ram_budget = (size_t)(ram_mb * 1024 * 1024);
+        stp.disk_budget = (uint64_t)(disk_mb * 1024 * 1024);
         stp.disk_dir = cache_dir ? cache_dir : default_cache_dir(dbuf, sizeof dbuf);
         store = km_store_open(&stp, &err);
         if (!store) {
@@ -270,11 +285,21 @@ int cmd_run(int argc, char **argv) {
         rp.ttl_s = store_ttl;
         rp.sync_period_ms = 0; /* one request: one catalog sync, just below */
         if (has_link) rp.link = link = km_link_new(&link_p);
+        uint8_t *secret = NULL;
+        size_t secret_len = 0;
+        if (store_secret_file && km_peerauth_load_secret(store_secret_file, &secret, &secret_len, &err) != 0) {
+            fprintf(stderr, "kvmesh run: --store-secret-file: %s\n", err.msg);
+            goto out;
+        }
+        rp.secret = secret;
+        rp.secret_len = secret_len;
         redis = km_redis_open(&rp, km_model_fingerprint(model), &err);
+        km_peerauth_secret_free(secret, secret_len); /* the tier keeps its derived key */
         if (!redis) {
             fprintf(stderr, "kvmesh run: --store: %s\n", err.msg);
             goto out;
         }
+        km_redis_log_trust(redis);
         if (km_redis_catalog_sync(redis, true, &err) != 0) km_debug("shared tier catalog not loaded: %s", err.msg);
     }
 
@@ -305,10 +330,12 @@ int cmd_run(int argc, char **argv) {
         else snprintf(hit, sizeof hit, "miss");
         fprintf(stderr,
                 "kvmesh: ttft %.1f ms | ttlt %.1f ms | prompt %d tok | reused %d tok (%s) | prefilled %d tok | "
-                "generated %d tok | stored %d states %.2f MB | loaded %.2f MB%s%s\n",
+                "generated %d tok | stored %d states %.2f MB | loaded %.2f MB%s%s%s\n",
                 res.ttft_ms, res.ttlt_ms, rep->n_prompt, rep->n_reused, hit, rep->n_prefilled, res.n_generated,
                 rep->n_saved, rep->bytes_saved / 1e6, rep->bytes_loaded / 1e6,
-                rep->hit_tier == KM_TIER_REDIS ? " from redis" : "", rep->n_rejected ? " | rejected bad cached states" : "");
+                rep->hit_tier == KM_TIER_REDIS ? " from redis" : "",
+                rep->n_rejected + rep->n_unauthenticated ? " | rejected bad cached states" : "",
+                rep->n_hint_mismatches ? " | removed a state with a wrong first-token hint" : "");
         if (redis)
             fprintf(stderr,
                     "kvmesh: shared tier: %d GET(s) %.1f ms, %.2f MB fetched, %d catalog false positive(s) | "

@@ -1,10 +1,14 @@
 /* fuzz_blob.c -- libFuzzer target for the state blob parser, payload decoder,
- * compressor and request check. Built and run by tests/fuzz/run.sh. Every
- * input must either be rejected with a message or parse into fields that lie
- * inside the input; a parsed payload must decode (within 1 MiB) or be
- * rejected with a message, and an uncompressed one must survive compression
- * byte for byte. With KVMESH_FUZZ_SEED_OUT=<prefix>, writes seed blobs (plain,
- * compressed, shuffled and compressed) to <prefix>-*.kvb first. */
+ * compressor, request check and MAC (authenticate, verify, drop hint). Built
+ * and run by tests/fuzz/run.sh. Every input must either be rejected with a
+ * message or parse into fields that lie inside the input; a parsed payload
+ * must decode (within 1 MiB) or be rejected with a message, and an
+ * uncompressed one must survive compression byte for byte. km_blob_verify
+ * must answer every input (a message when it refuses), and only blobs that
+ * parse may verify; a parsed blob, once authenticated, verifies with its key
+ * only, and not after any one byte changed. With KVMESH_FUZZ_SEED_OUT=<prefix>,
+ * writes seed blobs (plain, compressed, shuffled and compressed, MAC'd) to
+ * <prefix>-*.kvb first. */
 #include <stdio.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -17,10 +21,12 @@
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
+static km_blob_key key, other_key; /* what the seeds are MAC'd with, and a wrong one */
+
 /* A seed: n tokens, a KV-like payload (small 16-bit values), optionally
  * compressed, with its checksum field zeroed: the target seals such inputs,
  * so mutations of the frame get past the checksum. */
-static void write_seed(const char *prefix, const char *name, int type, size_t plen, bool compress, bool hint) {
+static void write_seed(const char *prefix, const char *name, int type, size_t plen, bool compress, bool hint, bool mac) {
     static const uint8_t fp[KM_FINGERPRINT_LEN] = {0};
     int32_t toks[8];
     for (int i = 0; i < 8; i++) toks[i] = i;
@@ -41,7 +47,8 @@ static void write_seed(const char *prefix, const char *name, int type, size_t pl
         b = z;
         len = zlen;
     }
-    km_put_u64(b + 56, 0);
+    if (mac) km_blob_authenticate(b, len, &key, NULL); /* the MAC covers the checksum: keep it */
+    else km_put_u64(b + 56, 0);
     char path[4096];
     snprintf(path, sizeof path, "%s-%s.kvb", prefix, name);
     FILE *f = fopen(path, "wb");
@@ -55,12 +62,18 @@ static void write_seed(const char *prefix, const char *name, int type, size_t pl
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
     (void)argc;
     (void)argv;
+    static const char secret[] = "fuzz secret of enough length";
+    if (km_blob_key_derive(&key, (const uint8_t *)secret, sizeof secret - 1, "store") != 0 ||
+        km_blob_key_derive(&other_key, (const uint8_t *)secret, sizeof secret - 1, "mesh") != 0)
+        abort();
     const char *seed = getenv("KVMESH_FUZZ_SEED_OUT");
     if (seed) {
-        write_seed(seed, "plain", 1, 600, false, false);
-        write_seed(seed, "zstd-shuffle", 1, 2000, true, true);
-        write_seed(seed, "zstd-odd", 1, 1999, true, false);
-        write_seed(seed, "zstd-q8", 8, 2000, true, false);
+        write_seed(seed, "plain", 1, 600, false, false, false);
+        write_seed(seed, "zstd-shuffle", 1, 2000, true, true, false);
+        write_seed(seed, "zstd-odd", 1, 1999, true, false, false);
+        write_seed(seed, "zstd-q8", 8, 2000, true, false, false);
+        write_seed(seed, "mac-plain", 1, 600, false, true, true);
+        write_seed(seed, "mac-zstd", 1, 2000, true, true, true);
     }
     return 0;
 }
@@ -104,7 +117,37 @@ static void check_payload(const uint8_t *blob, size_t size, const km_blob_info *
     free(owned);
 }
 
+/* A parsed blob, authenticated: verifies with its key only, parses with the
+ * MAC flag, and refuses any one changed byte; dropping the hint drops the MAC. */
+static void check_mac(const uint8_t *blob, size_t size, const km_blob_info *b) {
+    uint8_t *m = malloc(size);
+    memcpy(m, blob, size);
+    km_error err;
+    km_blob_info info;
+    if (km_blob_authenticate(m, size, &key, &err) != 0) abort(); /* it parsed */
+    if (km_blob_verify(m, size, &key, &err) != 0 || km_blob_verify(m, size, &other_key, &err) == 0) abort();
+    if (km_blob_parse(m, size, MAX_RAW, &info, &err) != 0 || !info.has_mac || info.flags != (b->flags | KM_BLOB_F_MAC))
+        abort();
+    size_t at = (size_t)km_get_u32(blob + 64) % size; /* some byte the input chooses */
+    m[at] ^= 0x01;
+    if (km_blob_verify(m, size, &key, &err) == 0) abort();
+    m[at] ^= 0x01;
+    km_blob_drop_hint(m, size);
+    if (km_blob_parse(m, size, MAX_RAW, &info, &err) != 0 || info.has_mac || info.has_next) abort();
+    free(m);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    /* The input as received: verification answers everything, and what
+     * verifies was made by km_blob_authenticate, so it parses. */
+    km_error verr;
+    verr.msg[0] = 0;
+    int verified = km_blob_verify(data, size, &key, &verr);
+    if (verified != 0 && strstr(verr.msg, "unauthenticated") == NULL) abort();
+    if (verified == 0) {
+        km_blob_info vb;
+        if (km_blob_parse(data, size, SIZE_MAX, &vb, &verr) != 0 || !vb.has_mac) abort();
+    }
     /* Half of the inputs (odd sizes), and those with a zero checksum field
      * (the seeds), get a valid checksum, so the fuzzer explores the fields and
      * frames behind it instead of stopping at the checksum every time. */
@@ -125,6 +168,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         (void)km_blob_check_request(&b, fp, 1, 1, req, 64, &err);
         for (uint32_t i = 0; i < b.n_tokens; i++) (void)km_blob_token(&b, i);
         check_payload(copy, size, &b);
+        check_mac(copy, size, &b);
     } else if (err.msg[0] == 0) {
         abort(); /* every rejection says why */
     }

@@ -14,7 +14,7 @@ if ! command -v clang >/dev/null 2>&1; then
 fi
 mkdir -p "$work"
 cflags="-std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -I$src/src -I$prefix/include"
-clang $cflags "$src/tests/fuzz/fuzz_blob.c" "$src/src/blob.c" "$src/src/prefix.c" "$src/src/util.c" -lxxhash -lzstd -o "$work/fuzz_blob"
+clang $cflags "$src/tests/fuzz/fuzz_blob.c" "$src/src/blob.c" "$src/src/prefix.c" "$src/src/util.c" -lxxhash -lzstd -lsodium -o "$work/fuzz_blob"
 clang $cflags "$src/tests/fuzz/fuzz_catalog.c" "$src/src/catalog.c" "$src/src/util.c" -lbloom -lxxhash -lm -o "$work/fuzz_catalog"
 clang $cflags "$src/tests/fuzz/fuzz_mmlu_csv.c" "$src/src/mmlu.c" "$src/src/util.c" -o "$work/fuzz_mmlu_csv"
 clang $cflags "$src/tests/fuzz/fuzz_gossip.c" "$src/src/members.c" "$src/src/netallow.c" "$src/src/prefix.c" "$src/src/util.c" -ljansson -lxxhash -lm -lpthread -o "$work/fuzz_gossip"
