@@ -6,6 +6,7 @@
 #include <microhttpd.h>
 #include <netdb.h>
 #include <pthread.h>
+#include <sodium.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +17,7 @@
 #include "chat.h"
 #include "mesh.h"
 #include "peerauth.h"
+#include "peerframe.h"
 #include "proxy.h"
 
 /* A streamed response blocks at most this long for the next token before it
@@ -26,6 +28,7 @@
 struct km_api {
     km_api_params p;
     char *api_key;
+    char *mesh_off; /* why the node runs without a mesh (NULL: it has one, or will) */
     km_node *node;
     km_metrics *metrics;
     struct MHD_Daemon *d;
@@ -160,6 +163,31 @@ static enum MHD_Result send_json(struct MHD_Connection *c, unsigned status, json
     json_decref(j);
     if (!s) return MHD_NO;
     return send_bytes(c, status, "application/json", s, strlen(s), retry_after);
+}
+
+/* A 200 JSON answer to a forwarded request (req_auth: its signature): the
+ * head signed, the body framed, for the forwarding node to check (proxy.h). */
+static enum MHD_Result send_json_signed(struct MHD_Connection *c, km_peerauth *auth, const char *req_auth, json_t *j) {
+    char *s = json_dumps(j, JSON_COMPACT);
+    json_decref(j);
+    uint8_t key[KM_PEERAUTH_STREAM_KEY_LEN], *framed = NULL;
+    size_t len = 0;
+    char hv[KM_PEERAUTH_HEADER_MAX + 1];
+    int rc = s ? km_peerauth_sign_stream(auth, req_auth, MHD_HTTP_OK, "application/json", hv, sizeof hv, key) : -1;
+    if (rc == 0) rc = km_peerframe_seal(key, (const uint8_t *)s, strlen(s), &framed, &len);
+    sodium_memzero(key, sizeof key);
+    free(s);
+    if (rc != 0) return MHD_NO;
+    struct MHD_Response *r = MHD_create_response_from_buffer(len, framed, MHD_RESPMEM_MUST_FREE);
+    if (!r) {
+        free(framed);
+        return MHD_NO;
+    }
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+    MHD_add_response_header(r, KM_PEERAUTH_RESPONSE_HEADER, hv);
+    enum MHD_Result ret = MHD_queue_response(c, MHD_HTTP_OK, r);
+    MHD_destroy_response(r);
+    return ret;
 }
 
 /* OpenAI's error object. */
@@ -437,6 +465,8 @@ typedef struct stream {
     bool sent_first, finished;
     char *out; /* pending bytes */
     size_t out_len, out_pos;
+    km_peerframe_writer *frames; /* a forwarded request's answer: framed (NULL: plain) */
+    bool end_framed;
 } stream;
 
 static void stream_emit(stream *s, json_t *j) {
@@ -516,10 +546,27 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
     return (ssize_t)n;
 }
 
+/* stream_read for the forwarding node: the same events in frames
+ * (peerframe.h), then the end frame. */
+static ssize_t stream_read_framed(void *cls, uint64_t pos, char *buf, size_t max) {
+    stream *s = cls;
+    if (s->end_framed) return MHD_CONTENT_READER_END_OF_STREAM;
+    if (max <= KM_PEERFRAME_OVERHEAD) return 0; /* MHD's block is 16 KB: not seen */
+    uint8_t *out = (uint8_t *)buf;
+    ssize_t n = stream_read(s, pos, buf + 4, max - KM_PEERFRAME_OVERHEAD); /* in place: a frame's payload is at 4 */
+    if (n == MHD_CONTENT_READER_END_OF_STREAM) {
+        s->end_framed = true;
+        return (ssize_t)km_peerframe_write_end(s->frames, out);
+    }
+    if (n <= 0) return n;
+    return (ssize_t)km_peerframe_write(s->frames, out + 4, (size_t)n, out);
+}
+
 /* The response is gone (sent, or the client vanished): release the job,
  * which stops it if it is still generating. */
 static void stream_free(void *cls) {
     stream *s = cls;
+    km_peerframe_writer_free(s->frames);
     km_job_release(s->job);
     gen_req_free(&s->g);
     free(s->out);
@@ -560,22 +607,21 @@ static void relay_free(void *cls) {
  * (the peer could not be reached, was busy, or failed). */
 static bool try_forward(km_api *a, km_mesh *mesh, struct MHD_Connection *c, conn *cn, const char *url,
                         const km_route *route, const gen_req *g, enum MHD_Result *ret) {
-    char auth[KM_PEERAUTH_HEADER_MAX + 1], auth_line[KM_PEERAUTH_HEADER_MAX + 32], key_line[600] = "";
-    km_mesh_sign(mesh, "POST", url, (const uint8_t *)cn->body, cn->len, auth, sizeof auth);
+    /* The peer takes the request on the mesh's signature (bound to it); no
+     * credential of the client's goes along (its API key is ours to check). */
+    char auth[KM_PEERAUTH_HEADER_MAX + 1], auth_line[KM_PEERAUTH_HEADER_MAX + 32];
+    km_mesh_sign(mesh, route->id, "POST", url, (const uint8_t *)cn->body, cn->len, auth, sizeof auth);
     snprintf(auth_line, sizeof auth_line, "%s: %s", KM_PEERAUTH_HEADER, auth);
-    const char *client_auth = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
-    if (client_auth) snprintf(key_line, sizeof key_line, "Authorization: %s", client_auth);
-    const char *headers[5] = {"Content-Type: application/json", HOPS_HEADER ": 1"};
+    const char *headers[4] = {"Content-Type: application/json", HOPS_HEADER ": 1"};
     int nh = 2;
     if (auth[0]) headers[nh++] = auth_line;
-    if (client_auth) headers[nh++] = key_line; /* the peer checks the API key too */
     km_mesh_forward_begin(mesh, route->id, route->peer_work_ms);
     double t0 = km_now_ms();
     long status = 0;
     char type[128];
     km_error err;
-    km_proxy *p = km_proxy_start(route->addr, url, cn->body ? cn->body : "", cn->len, headers, 1000, &status, type,
-                                 sizeof type, &err);
+    km_proxy *p = km_proxy_start(route->addr, url, cn->body ? cn->body : "", cn->len, headers, km_mesh_auth(mesh), auth,
+                                 1000, &status, type, sizeof type, &err);
     /* The emulated link (--link) as for every peer call: a round trip and
      * the request's bytes, on top of the time the peer took (the answer's
      * few hundred bytes are not shaped). */
@@ -620,6 +666,20 @@ static enum MHD_Result handle_generate(km_api *a, struct MHD_Connection *c, conn
     const char *ep = chat ? "chat" : "completions";
     if (atomic_load(&a->draining))
         return send_error(a, c, ep, MHD_HTTP_SERVICE_UNAVAILABLE, "server_error", NULL, "the node is shutting down");
+    /* A request a peer forwarded to us: only on the mesh's signature (for
+     * this node), checked before anything else; with a mesh secret, the
+     * answer is signed back (fwd_auth: the request's signature). */
+    km_mesh *mesh = atomic_load(&a->mesh);
+    const char *hops = MHD_lookup_connection_value(c, MHD_HEADER_KIND, HOPS_HEADER);
+    const char *fwd_auth = NULL;
+    if (hops) {
+        km_error verr;
+        const char *pa = MHD_lookup_connection_value(c, MHD_HEADER_KIND, KM_PEERAUTH_HEADER);
+        if (!mesh || km_mesh_verify(mesh, "POST", url, (const uint8_t *)cn->body, cn->len, pa, &verr) != 0)
+            return send_error(a, c, ep, MHD_HTTP_UNAUTHORIZED, "invalid_request_error", NULL, "forwarded request: %s",
+                              mesh ? verr.msg : "no mesh here");
+        if (km_mesh_auth(mesh)) fwd_auth = pa;
+    }
     json_error_t jerr;
     json_t *root = json_loadb(cn->body ? cn->body : "", cn->len, JSON_REJECT_DUPLICATES, &jerr);
     if (!root)
@@ -639,19 +699,9 @@ static enum MHD_Result handle_generate(km_api *a, struct MHD_Connection *c, conn
     }
     /* Where to run it: here, or (not for a request a peer forwarded to us)
      * at the peer that holds its prefix, if the planner says that is faster. */
-    km_mesh *mesh = atomic_load(&a->mesh);
-    const char *hops = MHD_lookup_connection_value(c, MHD_HEADER_KIND, HOPS_HEADER);
     km_prompt_plan plan;
     bool planned = false;
-    if (hops) {
-        const char *pa = MHD_lookup_connection_value(c, MHD_HEADER_KIND, KM_PEERAUTH_HEADER);
-        if (!mesh || km_mesh_verify(mesh, "POST", url, (const uint8_t *)cn->body, cn->len, pa, &err) != 0) {
-            gen_req_free(&g);
-            json_decref(root);
-            return send_error(a, c, ep, MHD_HTTP_UNAUTHORIZED, "invalid_request_error", NULL, "forwarded request: %s",
-                              mesh ? err.msg : "no mesh here");
-        }
-    } else if (mesh) {
+    if (!hops && mesh) {
         if (km_node_plan(a->node, (const char *const *)g.segs, g.n_segs, g.special, &plan, &err) == 0) {
             planned = true;
             km_route route;
@@ -731,7 +781,8 @@ static enum MHD_Result handle_generate(km_api *a, struct MHD_Connection *c, conn
         else {
             km_node_observe_estimate(a->node, "local", g.est_ms, st.queue_ms + st.result.ttft_ms);
             count_request(a, ep, MHD_HTTP_OK);
-            r = send_json(c, MHD_HTTP_OK, response_json(a, &g, id, created, chunk, seen, &st), NULL);
+            json_t *j = response_json(a, &g, id, created, chunk, seen, &st);
+            r = fwd_auth ? send_json_signed(c, km_mesh_auth(mesh), fwd_auth, j) : send_json(c, MHD_HTTP_OK, j, NULL);
         }
         free(chunk);
         gen_req_free(&g);
@@ -747,6 +798,16 @@ static enum MHD_Result handle_generate(km_api *a, struct MHD_Connection *c, conn
     s->a = a;
     s->g = g;
     s->job = job;
+    uint8_t key[KM_PEERAUTH_STREAM_KEY_LEN];
+    char resp_auth[KM_PEERAUTH_HEADER_MAX + 1] = "";
+    if (fwd_auth && (km_peerauth_sign_stream(km_mesh_auth(mesh), fwd_auth, MHD_HTTP_OK, "text/event-stream", resp_auth,
+                                             sizeof resp_auth, key) != 0 ||
+                     !(s->frames = km_peerframe_writer_new(key)))) {
+        free(chunk);
+        stream_free(s);
+        return MHD_NO;
+    }
+    sodium_memzero(key, sizeof key);
     snprintf(s->id, sizeof s->id, "%s", id);
     s->created = created;
     if (chunk && cl) {
@@ -755,12 +816,14 @@ static enum MHD_Result handle_generate(km_api *a, struct MHD_Connection *c, conn
         s->seen = cl;
     }
     free(chunk);
-    struct MHD_Response *r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024, stream_read, s, stream_free);
+    struct MHD_Response *r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024,
+                                                               s->frames ? stream_read_framed : stream_read, s, stream_free);
     if (!r) {
         stream_free(s);
         return MHD_NO;
     }
     MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
+    if (resp_auth[0]) MHD_add_response_header(r, KM_PEERAUTH_RESPONSE_HEADER, resp_auth);
     MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
     count_request(a, ep, MHD_HTTP_OK);
     enum MHD_Result ret = MHD_queue_response(c, MHD_HTTP_OK, r);
@@ -795,8 +858,12 @@ static enum MHD_Result handle_health(km_api *a, struct MHD_Connection *c) {
                                peers[i].has_catalog ? json_integer(peers[i].catalog_keys) : json_null(), "backlog_ms",
                                peers[i].backlog_ms, "link_rtt_ms", peers[i].link_rtt_ms, "link_mbit",
                                peers[i].link_mbit));
+        json_object_set_new(h, "mesh", json_string("enabled"));
         json_object_set_new(h, "mesh_id", json_string(km_mesh_id(mesh)));
         json_object_set_new(h, "peers", arr);
+    } else if (a->mesh_off) {
+        json_object_set_new(h, "mesh", json_string("disabled"));
+        json_object_set_new(h, "mesh_disabled", json_string(a->mesh_off));
     }
     return send_json(c, status, h, NULL);
 }
@@ -814,6 +881,12 @@ static enum MHD_Result handle_metrics(km_api *a, struct MHD_Connection *c) {
 
 static enum MHD_Result handle_peer(km_api *a, struct MHD_Connection *c, conn *cn, const char *method, const char *url) {
     km_mesh *mesh = atomic_load(&a->mesh);
+    if (!mesh && a->mesh_off) { /* for good: say why */
+        count_request(a, "peer", MHD_HTTP_FORBIDDEN);
+        char msg[600];
+        int n = snprintf(msg, sizeof msg, "mesh disabled: %.500s\n", a->mesh_off);
+        return send_bytes(c, MHD_HTTP_FORBIDDEN, "text/plain", strndup(msg, (size_t)n), (size_t)n, NULL);
+    }
     if (!mesh) {
         count_request(a, "peer", MHD_HTTP_SERVICE_UNAVAILABLE);
         return send_bytes(c, MHD_HTTP_SERVICE_UNAVAILABLE, "text/plain", strdup("no mesh"), 7, "1");
@@ -876,7 +949,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     }
     bool post = strcmp(method, MHD_HTTP_METHOD_POST) == 0, get = strcmp(method, MHD_HTTP_METHOD_GET) == 0;
     bool v1 = strncmp(url, "/v1/", 4) == 0;
-    if (v1 && !authorized(a, c))
+    /* A request forwarded by a peer carries no client credential: with a
+     * mesh secret, handle_generate takes it on the mesh's signature alone. */
+    km_mesh *mesh = atomic_load(&a->mesh);
+    bool forwarded = post && MHD_lookup_connection_value(c, MHD_HEADER_KIND, HOPS_HEADER) && mesh && km_mesh_auth(mesh) &&
+                     (strcmp(url, "/v1/completions") == 0 || strcmp(url, "/v1/chat/completions") == 0);
+    if (v1 && !forwarded && !authorized(a, c))
         return send_error(a, c, "auth", MHD_HTTP_UNAUTHORIZED, "invalid_request_error", NULL,
                           "missing or wrong API key (Authorization: Bearer <key>)");
     if (cn->too_large)
@@ -921,7 +999,9 @@ km_api *km_api_start(const km_api_params *p, km_node *node, km_metrics *metrics,
     a->node = node;
     a->metrics = metrics;
     a->api_key = p->api_key ? strdup(p->api_key) : NULL;
+    a->mesh_off = p->mesh_off ? strdup(p->mesh_off) : NULL;
     a->p.api_key = NULL;
+    a->p.mesh_off = NULL;
     a->p.listen = NULL;
     unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG;
     if (ai->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
@@ -932,6 +1012,7 @@ km_api *km_api_start(const km_api_params *p, km_node *node, km_metrics *metrics,
     freeaddrinfo(ai);
     if (!a->d) {
         free(a->api_key);
+        free(a->mesh_off);
         free(a);
         return km_error_set(err, "cannot listen on %s (in use, or not an address of this machine?)", p->listen), NULL;
     }
@@ -948,6 +1029,7 @@ void km_api_stop(km_api *a) {
     if (!a) return;
     MHD_stop_daemon(a->d);
     free(a->api_key);
+    free(a->mesh_off);
     free(a);
 }
 

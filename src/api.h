@@ -5,7 +5,8 @@
  *   GET  /v1/models             the one model this node serves
  *   GET  /health                200 while serving, 503 when shutting down
  *   GET  /metrics               Prometheus text format
- *   /peer/v1/...                the mesh's peer endpoints (mesh.h)
+ *   /peer/v1/...                the mesh's peer endpoints (mesh.h); 403 when the mesh
+ *                               is disabled (an API key without a mesh secret)
  *
  * Requests follow OpenAI's API; errors use its error object
  * ({"error": {"message", "type", "param", "code"}}). Every response carries
@@ -36,6 +37,8 @@ typedef struct km_api_params {
     size_t max_body;        /* bytes of a request body (default 4 MiB) */
     int max_connections;    /* at once (default 64) */
     int timeout_s;          /* idle connection timeout (default 300) */
+    const char *mesh_off;   /* why the node runs without a mesh: /peer/ answers 403 with it,
+                               /health shows it (NULL: a mesh is set with km_api_set_mesh) */
 } km_api_params;
 
 km_api_params km_api_default_params(void);

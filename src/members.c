@@ -21,6 +21,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "netallow.h"
+
 #define GOSSIP_VERSION 1
 #define GOSSIP_MAX_DEPTH 16
 /* Upper bound of one encoded record (longest id and addr, 19-digit integers,
@@ -828,6 +830,15 @@ int km_members_merge(km_members *m, const char *json, size_t len, double now_ms,
         const km_member *r = &msg.members[k];
         if (strcmp(r->id, self->id) == 0) {
             note_twin(m, r);
+            continue;
+        }
+        if (m->p.allow && !km_netallow_check(m->p.allow, r->addr)) {
+            if (m->st.ignored_addr++ == 0) /* once loudly; then counted (a sender may repeat it every round) */
+                km_warn("mesh: ignoring member %s: its address %s is outside the peer allow-list (--peer-allow); "
+                        "counted in kvmesh_gossip_rejected_total",
+                        r->id, r->addr);
+            else
+                km_debug("mesh: ignoring member %s at %s (outside the peer allow-list)", r->id, r->addr);
             continue;
         }
         int what = 0;

@@ -27,7 +27,9 @@
  *             stale copies never resurrect anything). Records about our own id
  *             are never adopted; one with a higher version than ours means
  *             another process uses our id (a stale twin or a clone): it is
- *             logged and counted. A message is validated completely before any
+ *             logged and counted. With an allow-list (params.allow,
+ *             netallow.h), a record whose address is outside it is ignored
+ *             and counted (never merged, so never contacted). A message is validated completely before any
  *             of it is applied: a bad message changes nothing.
  *   failure   by age = now - last_heard, at each tick: age >= suspect_ms ->
  *             SUSPECT; age >= dead_ms -> DEAD (the planner must not use it);
@@ -145,6 +147,7 @@ typedef struct km_members_params {
     double forget_ms;         /* DEAD this long -> removed (default 60000) */
     int max_members;          /* records in the table and in a message, ours included (default 256) */
     size_t max_message_bytes; /* default 1 MiB */
+    const struct km_netallow *allow; /* addresses a gossiped record may have (NULL: any); must outlive the table */
 } km_members_params;
 
 km_members_params km_members_default_params(void);
@@ -230,6 +233,7 @@ typedef struct km_members_stats {
     uint64_t rejected;         /* messages rejected as invalid */
     uint64_t ignored_full;     /* new members ignored because the table was full */
     uint64_t twin_records;     /* records claiming our id with a higher version */
+    uint64_t ignored_addr;     /* records ignored for an address outside params.allow */
 } km_members_stats;
 
 km_members_stats km_members_get_stats(km_members *m);

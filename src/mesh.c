@@ -10,12 +10,14 @@
 #include <curl/curl.h>
 #include <pthread.h>
 #include <sodium.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "catalog.h"
+#include "netallow.h"
 #include "peerauth.h"
 
 #define MAX_PEERS 256
@@ -62,6 +64,8 @@ struct km_mesh {
     km_metrics *metrics;
     km_counter *rounds_ok, *rounds_failed, *catalogs, *denied, *served_states;
     km_counter *fwd_ok, *fwd_failed;
+    km_counter *rejected_addr;         /* gossiped records outside the allow-list */
+    _Atomic uint64_t rejected_addr_seen; /* of the table's count, already added to it */
     km_counter *route_reuse, *route_fetch, *route_recompute, *route_forward;
 };
 
@@ -172,11 +176,13 @@ static size_t sink_header(char *p, size_t sz, size_t nm, void *ud) {
     return n;
 }
 
-/* One authenticated call to a peer. Returns 0 with *status and the body
- * (malloc'd) -- or 2 when the answer exceeded max_resp, -1 on any failure
- * (unreachable, timeout, bad answer MAC). */
-static int peer_call(km_mesh *m, const char *method, const char *addr, const char *path, const uint8_t *body,
-                     size_t body_len, size_t max_resp, long *status, uint8_t **resp, size_t *resp_len, km_error *err) {
+/* One authenticated call to the peer with id `target` ("" for a seed not
+ * known yet) at addr. Returns 0 with *status and the body (malloc'd) -- or 2
+ * when the answer exceeded max_resp, -1 on any failure (unreachable,
+ * timeout, bad answer MAC). */
+static int peer_call(km_mesh *m, const char *target, const char *method, const char *addr, const char *path,
+                     const uint8_t *body, size_t body_len, size_t max_resp, long *status, uint8_t **resp,
+                     size_t *resp_len, km_error *err) {
     *resp = NULL;
     *resp_len = 0;
     char url[KM_MEMBER_ADDR_MAX + 128];
@@ -187,7 +193,7 @@ static int peer_call(km_mesh *m, const char *method, const char *addr, const cha
     struct curl_slist *h = NULL;
     char auth[KM_PEERAUTH_HEADER_MAX + 1] = "";
     if (m->auth) {
-        km_peerauth_sign_request(m->auth, method, path, body, body_len, auth, sizeof auth);
+        km_peerauth_sign_request(m->auth, target, method, path, body, body_len, auth, sizeof auth);
         char line[KM_PEERAUTH_HEADER_MAX + 64];
         snprintf(line, sizeof line, "%s: %s", KM_PEERAUTH_HEADER, auth);
         h = curl_slist_append(h, line);
@@ -260,7 +266,7 @@ static int remote_get(void *ud, km_key key, size_t max_len, uint8_t **blob, size
     snprintf(path, sizeof path, "/peer/v1/state/%s", hex);
     long status = 0;
     size_t max = max_len < r->m->p.max_blob ? max_len : r->m->p.max_blob;
-    int rc = peer_call(r->m, "GET", r->addr, path, NULL, 0, max, &status, blob, len, err);
+    int rc = peer_call(r->m, r->id, "GET", r->addr, path, NULL, 0, max, &status, blob, len, err);
     if (rc != 0) return rc;
     if (status == 200) return 0;
     free(*blob);
@@ -392,7 +398,7 @@ static void sync_peers(km_mesh *m) {
         uint8_t *body;
         size_t len;
         km_error err;
-        if (peer_call(m, "GET", mb->addr, "/peer/v1/catalog", NULL, 0, m->p.max_catalog, &status, &body, &len, &err) != 0) {
+        if (peer_call(m, mb->id, "GET", mb->addr, "/peer/v1/catalog", NULL, 0, m->p.max_catalog, &status, &body, &len, &err) != 0) {
             km_debug("mesh: catalog of %s: %s", mb->addr, err.msg);
             continue;
         }
@@ -451,6 +457,19 @@ static void self_link(km_mesh *m, double *rtt_ms, double *mbit) {
     *mbit = n ? bpm_sum / n * 8.0 / 1000.0 : 0; /* bytes/ms -> Mbit/s */
 }
 
+/* Merge a peer's gossip message; records ignored for their address are
+ * added to the counter (the table's count goes up under concurrent merges:
+ * add only what no other merge added). */
+static int merge(km_mesh *m, const char *msg, size_t len, km_error *err) {
+    int rc = km_members_merge(m->members, msg, len, km_now_ms(), NULL, 0, err);
+    uint64_t now = km_members_get_stats(m->members).ignored_addr;
+    uint64_t seen = atomic_load(&m->rejected_addr_seen);
+    while (now > seen && !atomic_compare_exchange_weak(&m->rejected_addr_seen, &seen, now)) {
+    }
+    if (now > seen && m->rejected_addr) km_counter_add(m->rejected_addr, (double)(now - seen));
+    return rc;
+}
+
 void km_mesh_gossip_now(km_mesh *m) {
     km_node_load l = km_node_get_load(m->node);
     km_member_load ml = {l.queued, l.running, l.parallel, l.queue_max, (int)(l.backlog_ms + 0.5)};
@@ -471,9 +490,16 @@ void km_mesh_gossip_now(km_mesh *m) {
             long status = 0;
             uint8_t *resp;
             size_t rl;
-            if (peer_call(m, "POST", t.addr, "/peer/v1/gossip", (const uint8_t *)msg, len, MAX_GOSSIP_BYTES, &status,
-                          &resp, &rl, &err) == 0) {
-                if (status == 200 && km_members_merge(m->members, (const char *)resp, rl, km_now_ms(), NULL, 0, &err) >= 0)
+            int rc = peer_call(m, t.id, "POST", t.addr, "/peer/v1/gossip", (const uint8_t *)msg, len,
+                               MAX_GOSSIP_BYTES, &status, &resp, &rl, &err);
+            /* Refused as meant for another node: a member restarted there
+             * under a new id. Ask it as a seed is asked (gossip alone takes
+             * that), so it is known again now, not once the old id is dead. */
+            if (rc != 0 && status == 401 && m->auth && t.id[0])
+                rc = peer_call(m, "", "POST", t.addr, "/peer/v1/gossip", (const uint8_t *)msg, len, MAX_GOSSIP_BYTES,
+                               &status, &resp, &rl, &err);
+            if (rc == 0) {
+                if (status == 200 && merge(m, (const char *)resp, rl, &err) >= 0)
                     ok = true;
                 else if (status != 200)
                     km_error_set(&err, "answered %ld: %.200s", status, resp ? (const char *)resp : "");
@@ -537,14 +563,16 @@ void km_mesh_handle(km_mesh *m, const char *method, const char *path, const char
     *len = 0;
     resp_auth[0] = '\0';
     km_error err;
-    if (m->auth && km_peerauth_verify_request(m->auth, method, path, req, req_len, auth, &err) != 0) {
+    bool get = strcmp(method, "GET") == 0, post = strcmp(method, "POST") == 0;
+    bool gossip = post && strcmp(path, "/peer/v1/gossip") == 0;
+    /* only gossip may come untargeted: a seed's first contact, before it knows our id */
+    if (m->auth && km_peerauth_verify_request(m->auth, m->id, gossip, method, path, req, req_len, auth, &err) != 0) {
         if (m->denied) km_counter_inc(m->denied);
         answer_text(status, body, len, type, 401, "%s", err.msg);
         return; /* no answer MAC: the request was not authentic */
     }
-    bool get = strcmp(method, "GET") == 0, post = strcmp(method, "POST") == 0;
-    if (post && strcmp(path, "/peer/v1/gossip") == 0) {
-        if (km_members_merge(m->members, (const char *)req, req_len, km_now_ms(), NULL, 0, &err) < 0) {
+    if (gossip) {
+        if (merge(m, (const char *)req, req_len, &err) < 0) {
             answer_text(status, body, len, type, 400, "%s", err.msg);
         } else {
             char *msg;
@@ -747,16 +775,18 @@ void km_mesh_forward_end(km_mesh *m, const char *id, bool ok, double ms) {
     km_counter_inc(ok ? m->fwd_ok : m->fwd_failed);
 }
 
-void km_mesh_sign(km_mesh *m, const char *method, const char *path, const uint8_t *body, size_t len, char *out,
-                  size_t cap) {
+void km_mesh_sign(km_mesh *m, const char *target, const char *method, const char *path, const uint8_t *body,
+                  size_t len, char *out, size_t cap) {
     out[0] = '\0';
-    if (m->auth) km_peerauth_sign_request(m->auth, method, path, body, len, out, cap);
+    if (m->auth) km_peerauth_sign_request(m->auth, target, method, path, body, len, out, cap);
 }
+
+km_peerauth *km_mesh_auth(km_mesh *m) { return m->auth; }
 
 int km_mesh_verify(km_mesh *m, const char *method, const char *path, const uint8_t *body, size_t len,
                    const char *header, km_error *err) {
     if (!m->auth) return 0;
-    if (km_peerauth_verify_request(m->auth, method, path, body, len, header, err) != 0) {
+    if (km_peerauth_verify_request(m->auth, m->id, false, method, path, body, len, header, err) != 0) {
         km_counter_inc(m->denied);
         return -1;
     }
@@ -822,6 +852,8 @@ km_mesh *km_mesh_start(const km_mesh_params *p, km_node *node, km_metrics *metri
         const char *fw = "Requests forwarded to a peer, by outcome (failed ones ran here)";
         m->fwd_ok = km_metrics_counter(metrics, "kvmesh_forwards_total", fw, "result=\"ok\"");
         m->fwd_failed = km_metrics_counter(metrics, "kvmesh_forwards_total", fw, "result=\"failed\"");
+        m->rejected_addr = km_metrics_counter(metrics, "kvmesh_gossip_rejected_total",
+                                              "Gossiped member records ignored, by reason", "reason=\"peer_allow\"");
         const char *pd = "Planner decisions: the path estimated fastest for a request";
         m->route_reuse = km_metrics_counter(metrics, "kvmesh_planner_decisions_total", pd, "path=\"reuse\"");
         m->route_fetch = km_metrics_counter(metrics, "kvmesh_planner_decisions_total", pd, "path=\"fetch\"");
@@ -839,8 +871,11 @@ km_mesh *km_mesh_start(const km_mesh_params *p, km_node *node, km_metrics *metri
         goto fail;
     }
     m->started = true;
-    km_info("mesh: node %s at %s%s%s, %s", m->id, m->self_addr, p->seeds ? ", seeds " : "", p->seeds ? p->seeds : "",
-            m->auth ? "authenticated" : "no mesh secret (loopback only; peers' states are trusted as is)");
+    char allow[512] = "any";
+    if (p->members.allow) km_netallow_describe(p->members.allow, allow, sizeof allow);
+    km_info("mesh: node %s at %s%s%s, %s, peer allow-list %s", m->id, m->self_addr, p->seeds ? ", seeds " : "",
+            p->seeds ? p->seeds : "",
+            m->auth ? "authenticated" : "no mesh secret (loopback only; peers' states are trusted as is)", allow);
     return m;
 fail:
     km_mesh_stop(m);

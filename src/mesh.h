@@ -14,10 +14,12 @@
  *   GET  /peer/v1/catalog         the node's catalog (catalog.h wire format)
  *   GET  /peer/v1/state/<key hex> a state blob, 404 if not held
  *
- * With a mesh secret, every peer request carries a MAC (peerauth.h) that the
- * server checks before anything else, and every answer is MAC'd back bound to
- * the request; without one, peers are trusted (the node then only listens on
- * loopback). Fetched blobs are validated like any other (pcache). Sizes and
+ * With a mesh secret, every peer request carries a MAC (peerauth.h) bound to
+ * the node it is for, that the server checks before anything else, and every
+ * answer is MAC'd back bound to the request; without one, peers are trusted
+ * (the node then only listens on loopback, and has no API key: a node with
+ * one runs without a mesh unless it has a mesh secret too). Addresses learned
+ * from gossip are contacted only inside members.allow (netallow.h). Fetched blobs are validated like any other (pcache). Sizes and
  * times are bounded: catalog <= max_catalog, blob <= max_blob, each call
  * within timeout_ms (a state fetch also gets time for its bytes). */
 #ifndef KVMESH_MESH_H
@@ -30,6 +32,7 @@
 #include "link.h"
 #include "members.h"
 #include "node.h"
+#include "peerauth.h"
 
 typedef struct km_mesh km_mesh;
 
@@ -103,12 +106,15 @@ void km_mesh_route(km_mesh *m, const km_prompt_plan *plan, km_route *out);
 void km_mesh_forward_begin(km_mesh *m, const char *id, double work_ms);
 void km_mesh_forward_end(km_mesh *m, const char *id, bool ok, double ms);
 
-/* Sign a request to a peer (header value into out, KM_PEERAUTH_HEADER_MAX);
- * "" without a mesh secret. */
-void km_mesh_sign(km_mesh *m, const char *method, const char *path, const uint8_t *body, size_t len, char *out,
-                  size_t cap);
-/* Check a request claiming to come from a peer (forwarded requests): 0 if
- * authentic (always 0 without a mesh secret). */
+/* Sign a request to the peer with id target (header value into out,
+ * KM_PEERAUTH_HEADER_MAX); "" without a mesh secret. */
+void km_mesh_sign(km_mesh *m, const char *target, const char *method, const char *path, const uint8_t *body,
+                  size_t len, char *out, size_t cap);
+/* The mesh's authenticator (to check a forwarded answer, proxy.h); NULL
+ * without a mesh secret. */
+km_peerauth *km_mesh_auth(km_mesh *m);
+/* Check a request claiming to come from a peer (forwarded requests) and
+ * signed for this node: 0 if authentic (always 0 without a mesh secret). */
 int km_mesh_verify(km_mesh *m, const char *method, const char *path, const uint8_t *body, size_t len,
                    const char *header, km_error *err);
 

@@ -29,8 +29,11 @@
 #define MAC_LEN crypto_auth_hmacsha256_BYTES
 #define TS_MAX_DIGITS 15
 #define TS_MAX 999999999999999LL /* 15 digits: the year 33658 */
-#define DOMAIN_REQUEST "kvmesh-peer-request-v1"
-#define DOMAIN_RESPONSE "kvmesh-peer-response-v1"
+#define VERSION "v2"
+#define DOMAIN_REQUEST "kvmesh-peer-request-v2"
+#define DOMAIN_RESPONSE "kvmesh-peer-response-v2"
+#define DOMAIN_STREAM "kvmesh-peer-stream-v2"
+#define DOMAIN_STREAM_KEY "kvmesh-peer-stream-key-v2"
 #define MIN_SLOTS 64
 
 typedef struct slot {
@@ -155,15 +158,15 @@ static int split_header(const char *h, field *f, int nfields, const char *what, 
         return km_error_set(err, "peer auth: malformed %s: %s%d field%s, expected %d (%s)", what,
                             n > nfields ? "more than " : "", n > nfields ? nfields : n, n == 1 ? "" : "s", nfields,
                             layout);
-    if (f[0].len != 2 || memcmp(f[0].p, "v1", 2) != 0)
-        return km_error_set(err, "peer auth: malformed %s: version is not v1", what);
+    if (f[0].len != 2 || memcmp(f[0].p, VERSION, 2) != 0)
+        return km_error_set(err, "peer auth: malformed %s: version is not " VERSION, what);
     return 0;
 }
 
 static int parse_request_header(const char *h, req_hdr *r, km_error *err) {
     const char *what = "request header";
     field f[4];
-    if (split_header(h, f, 4, what, KM_PEERAUTH_HEADER, "v1 <unix ms> <nonce> <mac>", err) != 0) return -1;
+    if (split_header(h, f, 4, what, KM_PEERAUTH_HEADER, VERSION " <unix ms> <nonce> <mac>", err) != 0) return -1;
     if (f[1].len > TS_MAX_DIGITS)
         return km_error_set(err, "peer auth: malformed %s: timestamp has %zu digits, at most %d", what, f[1].len,
                             TS_MAX_DIGITS);
@@ -188,7 +191,7 @@ static int parse_request_header(const char *h, req_hdr *r, km_error *err) {
 static int parse_response_header(const char *h, uint8_t mac[MAC_LEN], km_error *err) {
     const char *what = "response header";
     field f[2];
-    if (split_header(h, f, 2, what, KM_PEERAUTH_RESPONSE_HEADER, "v1 <mac>", err) != 0) return -1;
+    if (split_header(h, f, 2, what, KM_PEERAUTH_RESPONSE_HEADER, VERSION " <mac>", err) != 0) return -1;
     if (!from_hex(mac, f[1].p, f[1].len, MAC_LEN))
         return km_error_set(err, "peer auth: malformed %s: mac is not %d lowercase hex digits", what, 2 * MAC_LEN);
     return 0;
@@ -214,13 +217,14 @@ static void body_digest(uint8_t out[crypto_hash_sha256_BYTES], const uint8_t *bo
     crypto_hash_sha256(out, body ? body : &empty, body ? len : 0);
 }
 
-static void request_mac(const km_peerauth *a, const char *method, const char *path, const uint8_t *body,
-                        size_t body_len, const req_hdr *r, uint8_t mac[MAC_LEN]) {
+static void request_mac(const km_peerauth *a, const char *target, const char *method, const char *path,
+                        const uint8_t *body, size_t body_len, const req_hdr *r, uint8_t mac[MAC_LEN]) {
     uint8_t digest[crypto_hash_sha256_BYTES];
     body_digest(digest, body, body_len);
     crypto_auth_hmacsha256_state st;
     crypto_auth_hmacsha256_init(&st, a->key, a->key_len);
     mac_str(&st, DOMAIN_REQUEST);
+    mac_str(&st, target);
     mac_str(&st, method);
     mac_str(&st, path);
     mac_u64(&st, (uint64_t)r->ts);
@@ -230,18 +234,37 @@ static void request_mac(const km_peerauth *a, const char *method, const char *pa
     sodium_memzero(&st, sizeof st);
 }
 
+/* Start the MAC of an answer: its domain, the request it answers (nonce and
+ * MAC), its status. */
+static void answer_mac_init(crypto_auth_hmacsha256_state *st, const km_peerauth *a, const char *domain,
+                            const req_hdr *r, int status) {
+    uint8_t st4[4];
+    km_put_u32(st4, (uint32_t)status);
+    crypto_auth_hmacsha256_init(st, a->key, a->key_len);
+    mac_str(st, domain);
+    crypto_auth_hmacsha256_update(st, r->nonce, NONCE_LEN);
+    crypto_auth_hmacsha256_update(st, r->mac, MAC_LEN);
+    crypto_auth_hmacsha256_update(st, st4, sizeof st4);
+}
+
 static void response_mac(const km_peerauth *a, const req_hdr *r, int status, const uint8_t *body, size_t body_len,
                          uint8_t mac[MAC_LEN]) {
-    uint8_t digest[crypto_hash_sha256_BYTES], st4[4];
+    uint8_t digest[crypto_hash_sha256_BYTES];
     body_digest(digest, body, body_len);
-    km_put_u32(st4, (uint32_t)status);
     crypto_auth_hmacsha256_state st;
-    crypto_auth_hmacsha256_init(&st, a->key, a->key_len);
-    mac_str(&st, DOMAIN_RESPONSE);
-    crypto_auth_hmacsha256_update(&st, r->nonce, NONCE_LEN);
-    crypto_auth_hmacsha256_update(&st, r->mac, MAC_LEN);
-    crypto_auth_hmacsha256_update(&st, st4, sizeof st4);
+    answer_mac_init(&st, a, DOMAIN_RESPONSE, r, status);
     crypto_auth_hmacsha256_update(&st, digest, sizeof digest);
+    crypto_auth_hmacsha256_final(&st, mac);
+    sodium_memzero(&st, sizeof st);
+}
+
+/* The head MAC (domain DOMAIN_STREAM) or the frame key (DOMAIN_STREAM_KEY)
+ * of a framed answer: both bind the request, the status and the type. */
+static void stream_mac(const km_peerauth *a, const char *domain, const req_hdr *r, int status, const char *type,
+                       uint8_t mac[MAC_LEN]) {
+    crypto_auth_hmacsha256_state st;
+    answer_mac_init(&st, a, domain, r, status);
+    mac_str(&st, type);
     crypto_auth_hmacsha256_final(&st, mac);
     sodium_memzero(&st, sizeof st);
 }
@@ -432,18 +455,18 @@ void km_peerauth_free(km_peerauth *a) {
     free(a);
 }
 
-int km_peerauth_sign_request(km_peerauth *a, const char *method, const char *path, const uint8_t *body,
-                             size_t body_len, char *out, size_t out_len) {
-    if (!method || !path || !out) return -1;
+int km_peerauth_sign_request(km_peerauth *a, const char *target, const char *method, const char *path,
+                             const uint8_t *body, size_t body_len, char *out, size_t out_len) {
+    if (!target || !method || !path || !out) return -1;
     req_hdr r;
     r.ts = now_ms(a);
     if (r.ts < 0 || r.ts > TS_MAX) return -1;
     randombytes_buf(r.nonce, NONCE_LEN);
-    request_mac(a, method, path, body, body_len, &r, r.mac);
+    request_mac(a, target, method, path, body, body_len, &r, r.mac);
     char nonce_hex[2 * NONCE_LEN + 1], mac_hex[2 * MAC_LEN + 1];
     to_hex(nonce_hex, r.nonce, NONCE_LEN);
     to_hex(mac_hex, r.mac, MAC_LEN);
-    int n = snprintf(out, out_len, "v1 %" PRId64 " %s %s", r.ts, nonce_hex, mac_hex);
+    int n = snprintf(out, out_len, VERSION " %" PRId64 " %s %s", r.ts, nonce_hex, mac_hex);
     if (n < 0 || (size_t)n >= out_len) {
         if (out_len) out[0] = 0;
         return -1;
@@ -451,9 +474,11 @@ int km_peerauth_sign_request(km_peerauth *a, const char *method, const char *pat
     return 0;
 }
 
-int km_peerauth_verify_request(km_peerauth *a, const char *method, const char *path, const uint8_t *body,
-                               size_t body_len, const char *header, km_error *err) {
-    if (!method || !path) return km_error_set(err, "peer auth: no method or path to check the request against");
+int km_peerauth_verify_request(km_peerauth *a, const char *self_id, bool untargeted_ok, const char *method,
+                               const char *path, const uint8_t *body, size_t body_len, const char *header,
+                               km_error *err) {
+    if (!self_id || !method || !path)
+        return km_error_set(err, "peer auth: no node id, method or path to check the request against");
     req_hdr r;
     if (parse_request_header(header, &r, err) != 0) return -1;
     int64_t now = now_ms(a);
@@ -466,9 +491,15 @@ int km_peerauth_verify_request(km_peerauth *a, const char *method, const char *p
                             skew > 0 ? "in the past" : "in the future", fmt_secs(a->window_ms, s2, sizeof s2));
     }
     uint8_t mac[MAC_LEN];
-    request_mac(a, method, path, body, body_len, &r, mac);
-    if (crypto_verify_32(mac, r.mac) != 0)
-        return km_error_set(err, "peer auth: bad MAC (wrong mesh secret, or the request was altered)");
+    request_mac(a, self_id, method, path, body, body_len, &r, mac);
+    bool ok = crypto_verify_32(mac, r.mac) == 0;
+    if (!ok && untargeted_ok) { /* a first contact that did not know our id */
+        request_mac(a, "", method, path, body, body_len, &r, mac);
+        ok = crypto_verify_32(mac, r.mac) == 0;
+    }
+    if (!ok)
+        return km_error_set(err, "peer auth: bad MAC (wrong mesh secret, a request meant for another node, or the "
+                                 "request was altered)");
 
     pthread_mutex_lock(&a->lock);
     cache_result cr = cache_add(a, r.nonce, r.ts + a->window_ms, now);
@@ -502,7 +533,7 @@ int km_peerauth_sign_response(km_peerauth *a, const char *request_header, int st
     response_mac(a, &r, status, body, body_len, mac);
     char mac_hex[2 * MAC_LEN + 1];
     to_hex(mac_hex, mac, MAC_LEN);
-    int n = snprintf(out, out_len, "v1 %s", mac_hex);
+    int n = snprintf(out, out_len, VERSION " %s", mac_hex);
     if (n < 0 || (size_t)n >= out_len) {
         if (out_len) out[0] = 0;
         return -1;
@@ -524,6 +555,43 @@ int km_peerauth_verify_response(km_peerauth *a, const char *request_header, int 
         return km_error_set(err,
                             "peer auth: bad response MAC (wrong mesh secret, an altered answer, or the answer to "
                             "another request)");
+    return 0;
+}
+
+int km_peerauth_sign_stream(km_peerauth *a, const char *request_header, int status, const char *type, char *out,
+                            size_t out_len, uint8_t key[KM_PEERAUTH_STREAM_KEY_LEN]) {
+    if (!out || !type) return -1;
+    if (out_len) out[0] = 0;
+    req_hdr r;
+    if (parse_request_header(request_header, &r, NULL) != 0) return -1;
+    uint8_t mac[MAC_LEN];
+    stream_mac(a, DOMAIN_STREAM, &r, status, type, mac);
+    char mac_hex[2 * MAC_LEN + 1];
+    to_hex(mac_hex, mac, MAC_LEN);
+    int n = snprintf(out, out_len, VERSION " %s", mac_hex);
+    if (n < 0 || (size_t)n >= out_len) {
+        if (out_len) out[0] = 0;
+        return -1;
+    }
+    stream_mac(a, DOMAIN_STREAM_KEY, &r, status, type, key);
+    return 0;
+}
+
+int km_peerauth_verify_stream(km_peerauth *a, const char *request_header, int status, const char *type,
+                              const char *response_header, uint8_t key[KM_PEERAUTH_STREAM_KEY_LEN], km_error *err) {
+    req_hdr r;
+    km_error e;
+    if (parse_request_header(request_header, &r, &e) != 0)
+        return km_error_set(err, "peer auth: cannot check the response: our %s",
+                            strncmp(e.msg, "peer auth: ", 11) == 0 ? e.msg + 11 : e.msg);
+    uint8_t got[MAC_LEN], want[MAC_LEN];
+    if (parse_response_header(response_header, got, err) != 0) return -1;
+    stream_mac(a, DOMAIN_STREAM, &r, status, type ? type : "", want);
+    if (crypto_verify_32(want, got) != 0)
+        return km_error_set(err,
+                            "peer auth: bad response MAC (wrong mesh secret, an altered status or type, or the answer "
+                            "to another request)");
+    stream_mac(a, DOMAIN_STREAM_KEY, &r, status, type ? type : "", key);
     return 0;
 }
 

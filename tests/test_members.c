@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "members.h"
+#include "netallow.h"
 #include "testutil.h"
 
 /* ---------------------------------------------------------- helpers */
@@ -504,6 +505,43 @@ static void test_max_members(void **state) {
     assert_int_equal(get(m, "E").state, KM_MEMBER_ALIVE);
     assert_int_equal(km_members_snapshot(m, NULL, 0), 4);
     km_members_free(m);
+}
+
+/* With an allow-list, a record whose address is outside it is never merged
+ * (so never contacted) and is counted; a known member cannot be moved out of
+ * it either. Before, any gossiped address was taken (an injected 10.0.0.1:80
+ * was contacted). */
+static void test_allow_list(void **state) {
+    (void)state;
+    km_netallow *allow = km_netallow_new();
+    km_error err = {{0}};
+    assert_int_equal(km_netallow_add_list(allow, "127.0.0.1/32", &err), 0);
+    km_members_params p = km_members_default_params();
+    p.allow = allow;
+    km_members *m = table_p("self", "127.0.0.1:9000", 1, &p);
+    km_member rs[3] = {rec("good", "127.0.0.1:9001", 1, 1), rec("evil", "127.0.0.77:9", 1, 1),
+                       rec("named", "localhost:9002", 1, 1)};
+    km_member_change ch[4];
+    assert_int_equal(merge_recs(m, rs, 3, 100, ch, 4), 1);
+    assert_string_equal(ch[0].id, "good");
+    assert_int_equal(km_members_get(m, "evil", NULL), 0);
+    assert_int_equal(km_members_get(m, "named", NULL), 0); /* names are never allowed */
+    assert_int_equal(km_members_get_stats(m).ignored_addr, 2);
+    /* a newer record moving a member out of the list: ignored, the old address stays */
+    km_member moved = rec("good", "127.0.0.2:9001", 1, 2);
+    assert_int_equal(merge_one(m, moved, 200), 0);
+    assert_string_equal(get(m, "good").addr, "127.0.0.1:9001");
+    assert_int_equal(get(m, "good").heartbeat, 1);
+    assert_int_equal(km_members_get_stats(m).ignored_addr, 3);
+    /* nobody outside the list is ever a gossip target */
+    uint64_t rng = 7;
+    for (int i = 0; i < 50; i++) {
+        km_gossip_target t;
+        assert_int_equal(km_members_pick_target(m, &rng, &t), 1);
+        assert_string_equal(t.addr, "127.0.0.1:9001");
+    }
+    km_members_free(m);
+    km_netallow_free(allow);
 }
 
 static void test_model_flag(void **state) {
@@ -1272,6 +1310,7 @@ int main(void) {
         cmocka_unit_test(test_revival),
         cmocka_unit_test(test_dead_not_gossiped),
         cmocka_unit_test(test_max_members),
+        cmocka_unit_test(test_allow_list),
         cmocka_unit_test(test_model_flag),
         cmocka_unit_test(test_update_self_and_beat),
         cmocka_unit_test(test_seeds),

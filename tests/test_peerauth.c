@@ -21,6 +21,8 @@
 #define OTHER_SECRET "0123456789abcdef0123456789abcdeF"
 #define T0 1718000000000LL
 #define W 30000
+#define NODE "a1b2c3d4e5f60718" /* the id of the node requests are for */
+#define OTHER_NODE "a1b2c3d4e5f60719"
 
 typedef struct fake_clock {
     int64_t now;
@@ -37,14 +39,14 @@ static km_peerauth *new_auth(const char *secret, fake_clock *clk, int window_ms)
 }
 
 static void sign(km_peerauth *a, const char *method, const char *path, const char *body, char *out) {
-    int rc = km_peerauth_sign_request(a, method, path, (const uint8_t *)body, body ? strlen(body) : 0, out,
+    int rc = km_peerauth_sign_request(a, NODE, method, path, (const uint8_t *)body, body ? strlen(body) : 0, out,
                                       KM_PEERAUTH_HEADER_MAX);
     assert_int_equal(rc, 0);
 }
 
 static void expect_ok(km_peerauth *a, const char *method, const char *path, const char *body, const char *h) {
     km_error err = {{0}};
-    if (km_peerauth_verify_request(a, method, path, (const uint8_t *)body, body ? strlen(body) : 0, h, &err) != 0)
+    if (km_peerauth_verify_request(a, NODE, false, method, path, (const uint8_t *)body, body ? strlen(body) : 0, h, &err) != 0)
         fail_msg("verify rejected a good request: %s", err.msg);
 }
 
@@ -52,7 +54,7 @@ static void expect_ok(km_peerauth *a, const char *method, const char *path, cons
 static void expect_reject(km_peerauth *a, const char *method, const char *path, const char *body, const char *h,
                           const char *needle) {
     km_error err = {{0}};
-    int rc = km_peerauth_verify_request(a, method, path, (const uint8_t *)body, body ? strlen(body) : 0, h, &err);
+    int rc = km_peerauth_verify_request(a, NODE, false, method, path, (const uint8_t *)body, body ? strlen(body) : 0, h, &err);
     if (rc != -1) fail_msg("verify accepted a bad request (expected '%s') header=[%s]", needle, h ? h : "(null)");
     if (strncmp(err.msg, "peer auth: ", 11) != 0 || !strstr(err.msg, needle))
         fail_msg("expected an error with '%s', got '%s'", needle, err.msg);
@@ -68,14 +70,14 @@ typedef struct parts {
 static parts split_hdr(const char *h) {
     parts p;
     memset(&p, 0, sizeof p);
-    assert_int_equal(sscanf(h, "v1 %lld %32s %64s", &p.ts, p.nonce, p.mac), 3);
+    assert_int_equal(sscanf(h, "v2 %lld %32s %64s", &p.ts, p.nonce, p.mac), 3);
     assert_int_equal(strlen(p.nonce), 32);
     assert_int_equal(strlen(p.mac), 64);
     return p;
 }
 
 static void join_hdr(char *out, const parts *p) {
-    snprintf(out, KM_PEERAUTH_HEADER_MAX, "v1 %lld %s %s", p->ts, p->nonce, p->mac);
+    snprintf(out, KM_PEERAUTH_HEADER_MAX, "v2 %lld %s %s", p->ts, p->nonce, p->mac);
 }
 
 static void flip_hex(char *c) { *c = *c == '0' ? '1' : '0'; }
@@ -94,7 +96,7 @@ static void test_sign_verify(void **state) {
     km_peerauth *a = new_auth(SECRET, &clk, W);
     char h[KM_PEERAUTH_HEADER_MAX];
     sign(a, "POST", "/peer/state?key=00ff", "hello", h);
-    /* "v1 <ms> <32 hex> <64 hex>": 3 + 13 + 1 + 32 + 1 + 64 characters. */
+    /* "v2 <ms> <32 hex> <64 hex>": 3 + 13 + 1 + 32 + 1 + 64 characters. */
     assert_int_equal(strlen(h), 114);
     parts p = split_hdr(h);
     assert_int_equal(p.ts, T0);
@@ -109,8 +111,8 @@ static void test_sign_verify(void **state) {
     size_t n = 0;
     assert_int_equal(sodium_hex2bin(nonce, 16, p.nonce, 32, NULL, NULL, NULL), 0);
     assert_int_equal(sodium_hex2bin(mac, 32, p.mac, 64, NULL, NULL, NULL), 0);
-    const char *strs[] = {"kvmesh-peer-request-v1", "POST", "/peer/state?key=00ff"};
-    for (int i = 0; i < 3; i++) {
+    const char *strs[] = {"kvmesh-peer-request-v2", NODE, "POST", "/peer/state?key=00ff"};
+    for (int i = 0; i < 4; i++) {
         km_put_u64(msg + n, strlen(strs[i]));
         memcpy(msg + n + 8, strs[i], strlen(strs[i]));
         n += 8 + strlen(strs[i]);
@@ -138,11 +140,18 @@ static void test_sign_verify(void **state) {
 }
 
 /* Values computed independently (Python hmac/hashlib, the header's encoding):
- * secret SECRET, POST /peer/state?key=00ff, body "hello", ts 1718000000000,
- * nonce 00 01 .. 0f; the answer: status 200, body "blob". */
-#define KAT_REQ "v1 1718000000000 000102030405060708090a0b0c0d0e0f " \
-                "69bf417f5b11d43b21f80adaea700c8193d266a8a6cde356fff2fa693c14b552"
-#define KAT_RESP "v1 65ca1a8ddc1a3226e2f9a7942ab7ef6f6ef49b597328075d31aa6e3798d552bd"
+ * secret SECRET, target NODE, POST /peer/state?key=00ff, body "hello", ts
+ * 1718000000000, nonce 00 01 .. 0f; the answer: status 200, body "blob";
+ * the same request for target "" (KAT_REQ_UNTARGETED); its answer as a
+ * framed stream: status 200, type text/event-stream (KAT_STREAM, and the
+ * frames' key KAT_STREAM_KEY). */
+#define KAT_REQ "v2 1718000000000 000102030405060708090a0b0c0d0e0f " \
+                "5d4607c7504068b03d841cb149026222e79829f12f4524eb0aee7854f0dfd94f"
+#define KAT_RESP "v2 7a321dd427f8da394c63f84c9b1dd32baf9bf905b27d3d3a9595a079e126228f"
+#define KAT_REQ_UNTARGETED "v2 1718000000000 000102030405060708090a0b0c0d0e0f " \
+                           "6c42d07d5a021f76c7add041dc18554259a692e8cf8d088e9f0b02851534da62"
+#define KAT_STREAM "v2 cc6938faddef3d4418bb30750038161698e7d12c2e03ee2ad5c32024b84a3d84"
+#define KAT_STREAM_KEY "b7619ad5b1cba8a379e2ee4c1ad0ea3d1612b001d62d386ea29f65121d97357e"
 
 static void test_known_answer(void **state) {
     (void)state;
@@ -154,7 +163,99 @@ static void test_known_answer(void **state) {
     assert_string_equal(r, KAT_RESP);
     km_error err = {{0}};
     assert_int_equal(km_peerauth_verify_response(a, KAT_REQ, 200, (const uint8_t *)"blob", 4, KAT_RESP, &err), 0);
+
+    uint8_t key[KM_PEERAUTH_STREAM_KEY_LEN], key2[KM_PEERAUTH_STREAM_KEY_LEN];
+    char key_hex[2 * KM_PEERAUTH_STREAM_KEY_LEN + 1];
+    assert_int_equal(km_peerauth_sign_stream(a, KAT_REQ, 200, "text/event-stream", r, sizeof r, key), 0);
+    assert_string_equal(r, KAT_STREAM);
+    sodium_bin2hex(key_hex, sizeof key_hex, key, sizeof key);
+    assert_string_equal(key_hex, KAT_STREAM_KEY);
+    assert_int_equal(km_peerauth_verify_stream(a, KAT_REQ, 200, "text/event-stream", KAT_STREAM, key2, &err), 0);
+    assert_memory_equal(key, key2, sizeof key);
     km_peerauth_free(a);
+
+    /* The untargeted spelling: only where the receiver allows it. */
+    a = new_auth(SECRET, &clk, W);
+    expect_reject(a, "POST", "/peer/state?key=00ff", "hello", KAT_REQ_UNTARGETED, "another node");
+    assert_int_equal(km_peerauth_verify_request(a, NODE, true, "POST", "/peer/state?key=00ff", (const uint8_t *)"hello",
+                                                5, KAT_REQ_UNTARGETED, &err),
+                     0);
+    km_peerauth_free(a);
+}
+
+/* A request is for one node: signed for NODE, it is refused by any other
+ * node within the window (before, a captured request was accepted once by
+ * every node of the mesh), and untargeted_ok does not widen that. */
+static void test_target_bound(void **state) {
+    (void)state;
+    fake_clock clk = {T0};
+    km_peerauth *a = new_auth(SECRET, &clk, W), *b = new_auth(SECRET, &clk, W);
+    char h[KM_PEERAUTH_HEADER_MAX];
+    sign(a, "GET", "/peer/v1/catalog", NULL, h); /* for NODE */
+    km_error err = {{0}};
+    assert_int_equal(km_peerauth_verify_request(b, OTHER_NODE, false, "GET", "/peer/v1/catalog", NULL, 0, h, &err), -1);
+    assert_non_null(strstr(err.msg, "bad MAC (wrong mesh secret, a request meant for another node"));
+    assert_int_equal(km_peerauth_verify_request(b, OTHER_NODE, true, "GET", "/peer/v1/catalog", NULL, 0, h, &err), -1);
+    assert_int_equal(km_peerauth_verify_request(b, "", false, "GET", "/peer/v1/catalog", NULL, 0, h, &err), -1);
+    assert_int_equal(km_peerauth_cache_count(b), 0); /* refused before the replay cache */
+    assert_int_equal(km_peerauth_verify_request(b, NODE, false, "GET", "/peer/v1/catalog", NULL, 0, h, &err), 0);
+
+    /* Untargeted: refused unless allowed, accepted once when allowed. */
+    assert_int_equal(km_peerauth_sign_request(a, "", "POST", "/peer/v1/gossip", (const uint8_t *)"{}", 2, h, sizeof h),
+                     0);
+    assert_int_equal(km_peerauth_verify_request(b, NODE, false, "POST", "/peer/v1/gossip", (const uint8_t *)"{}", 2, h,
+                                                &err),
+                     -1);
+    assert_non_null(strstr(err.msg, "another node"));
+    assert_int_equal(km_peerauth_verify_request(b, NODE, true, "POST", "/peer/v1/gossip", (const uint8_t *)"{}", 2, h,
+                                                &err),
+                     0);
+    assert_int_equal(km_peerauth_verify_request(b, OTHER_NODE, true, "POST", "/peer/v1/gossip", (const uint8_t *)"{}", 2,
+                                                h, &err),
+                     -1);
+    assert_non_null(strstr(err.msg, "replayed nonce"));
+    /* No target at all is a caller's error. */
+    assert_int_equal(km_peerauth_sign_request(a, NULL, "GET", "/p", NULL, 0, h, sizeof h), -1);
+    assert_int_equal(km_peerauth_verify_request(b, NULL, false, "GET", "/p", NULL, 0, h, &err), -1);
+    km_peerauth_free(a);
+    km_peerauth_free(b);
+}
+
+/* A framed answer's head binds status and type to the request; the frames'
+ * key is the answer's own; the head is no buffered-answer header. */
+static void test_stream_head(void **state) {
+    (void)state;
+    fake_clock clk = {T0};
+    km_peerauth *server = new_auth(SECRET, &clk, W), *client = new_auth(SECRET, &clk, W);
+    km_peerauth *stranger = new_auth(OTHER_SECRET, &clk, W);
+    char req[KM_PEERAUTH_HEADER_MAX], req2[KM_PEERAUTH_HEADER_MAX], head[KM_PEERAUTH_HEADER_MAX];
+    sign(client, "POST", "/v1/completions", "{}", req);
+    sign(client, "POST", "/v1/completions", "{}", req2);
+    uint8_t key[32], got[32], other[32];
+    assert_int_equal(km_peerauth_sign_stream(server, req, 200, "application/json", head, sizeof head, key), 0);
+    km_error err = {{0}};
+    assert_int_equal(km_peerauth_verify_stream(client, req, 200, "application/json", head, got, &err), 0);
+    assert_memory_equal(key, got, 32);
+    assert_int_equal(km_peerauth_verify_stream(client, req, 400, "application/json", head, got, &err), -1);
+    assert_non_null(strstr(err.msg, "bad response MAC"));
+    assert_int_equal(km_peerauth_verify_stream(client, req, 200, "text/event-stream", head, got, &err), -1);
+    assert_int_equal(km_peerauth_verify_stream(client, req2, 200, "application/json", head, got, &err), -1);
+    assert_int_equal(km_peerauth_verify_stream(stranger, req, 200, "application/json", head, got, &err), -1);
+    assert_int_equal(km_peerauth_verify_stream(client, req, 200, "application/json", NULL, got, &err), -1);
+    assert_non_null(strstr(err.msg, "missing"));
+    /* a buffered answer's header for the same request is not a stream head, nor the reverse */
+    char resp[KM_PEERAUTH_HEADER_MAX];
+    assert_int_equal(km_peerauth_sign_response(server, req, 200, NULL, 0, resp, sizeof resp), 0);
+    assert_int_equal(km_peerauth_verify_stream(client, req, 200, "", resp, got, &err), -1);
+    assert_int_equal(km_peerauth_verify_response(client, req, 200, NULL, 0, head, &err), -1);
+    /* another request, another key */
+    assert_int_equal(km_peerauth_sign_stream(server, req2, 200, "application/json", head, sizeof head, other), 0);
+    assert_memory_not_equal(key, other, 32);
+    assert_int_equal(km_peerauth_sign_stream(server, "v2 x", 200, "application/json", head, sizeof head, other), -1);
+    assert_int_equal(km_peerauth_sign_stream(server, req, 200, NULL, head, sizeof head, other), -1);
+    km_peerauth_free(server);
+    km_peerauth_free(client);
+    km_peerauth_free(stranger);
 }
 
 /* ---------------------------------------------------- what a MAC binds */
@@ -209,7 +310,7 @@ static void test_wrong_secret(void **state) {
     km_peerauth *a = new_auth(SECRET, &clk, W), *b = new_auth(OTHER_SECRET, &clk, W);
     char h[KM_PEERAUTH_HEADER_MAX];
     sign(b, "GET", "/peer/catalog", NULL, h);
-    expect_reject(a, "GET", "/peer/catalog", NULL, h, "bad MAC (wrong mesh secret, or the request was altered)");
+    expect_reject(a, "GET", "/peer/catalog", NULL, h, "bad MAC (wrong mesh secret, a request meant for another node, or the request was altered)");
     /* A longer secret with the same prefix is a different key too. */
     km_peerauth *c = new_auth(SECRET "x", &clk, W);
     expect_reject(c, "GET", "/peer/catalog", NULL, h, "bad MAC");
@@ -387,7 +488,7 @@ static void *verifier(void *p) {
         char path[32];
         snprintf(path, sizeof path, "/peer/state?key=%d", i);
         km_error err = {{0}};
-        if (km_peerauth_verify_request(t->a, "GET", path, NULL, 0, t->h[i], &err) == 0)
+        if (km_peerauth_verify_request(t->a, NODE, false, "GET", path, NULL, 0, t->h[i], &err) == 0)
             atomic_fetch_add(&t->accepted[i], 1);
         else if (strstr(err.msg, "replayed nonce")) atomic_fetch_add(t->replays, 1);
     }
@@ -449,10 +550,10 @@ static void test_malformed(void **state) {
     memcpy(t, h, len - 1);
     t[len - 1] = 0;
     expect_reject(a, "GET", "/p", NULL, t, "mac is not 64 lowercase hex digits");
-    snprintf(t, sizeof t, "v1 %lld %s", p.ts, p.nonce);
+    snprintf(t, sizeof t, "v2 %lld %s", p.ts, p.nonce);
     expect_reject(a, "GET", "/p", NULL, t,
-                  "malformed request header: 3 fields, expected 4 (v1 <unix ms> <nonce> <mac>)");
-    expect_reject(a, "GET", "/p", NULL, "v1", "1 field, expected 4");
+                  "malformed request header: 3 fields, expected 4 (v2 <unix ms> <nonce> <mac>)");
+    expect_reject(a, "GET", "/p", NULL, "v2", "1 field, expected 4");
 
     /* Extra field, stray spaces. */
     snprintf(t, sizeof t, "%s x", h);
@@ -461,18 +562,18 @@ static void test_malformed(void **state) {
     expect_reject(a, "GET", "/p", NULL, t, "empty field 5");
     snprintf(t, sizeof t, " %s", h);
     expect_reject(a, "GET", "/p", NULL, t, "empty field 1");
-    snprintf(t, sizeof t, "v1  %lld %s %s", p.ts, p.nonce, p.mac);
+    snprintf(t, sizeof t, "v2  %lld %s %s", p.ts, p.nonce, p.mac);
     expect_reject(a, "GET", "/p", NULL, t, "empty field 2");
-    snprintf(t, sizeof t, "v1\t%lld %s %s", p.ts, p.nonce, p.mac);
+    snprintf(t, sizeof t, "v2\t%lld %s %s", p.ts, p.nonce, p.mac);
     expect_reject(a, "GET", "/p", NULL, t, "3 fields, expected 4");
 
     /* Version. */
-    snprintf(t, sizeof t, "v2 %lld %s %s", p.ts, p.nonce, p.mac);
-    expect_reject(a, "GET", "/p", NULL, t, "version is not v1");
-    snprintf(t, sizeof t, "V1 %lld %s %s", p.ts, p.nonce, p.mac);
-    expect_reject(a, "GET", "/p", NULL, t, "version is not v1");
-    snprintf(t, sizeof t, "v10 %lld %s %s", p.ts, p.nonce, p.mac);
-    expect_reject(a, "GET", "/p", NULL, t, "version is not v1");
+    snprintf(t, sizeof t, "v1 %lld %s %s", p.ts, p.nonce, p.mac); /* the format before targets */
+    expect_reject(a, "GET", "/p", NULL, t, "version is not v2");
+    snprintf(t, sizeof t, "V2 %lld %s %s", p.ts, p.nonce, p.mac);
+    expect_reject(a, "GET", "/p", NULL, t, "version is not v2");
+    snprintf(t, sizeof t, "v20 %lld %s %s", p.ts, p.nonce, p.mac);
+    expect_reject(a, "GET", "/p", NULL, t, "version is not v2");
 
     /* Uppercase hex (the same bytes, another spelling). */
     parts q = p;
@@ -489,9 +590,9 @@ static void test_malformed(void **state) {
     q.nonce[5] = 'g';
     join_hdr(t, &q);
     expect_reject(a, "GET", "/p", NULL, t, "nonce is not 32 lowercase hex digits");
-    snprintf(t, sizeof t, "v1 %lld %s0 %s", p.ts, p.nonce, p.mac);
+    snprintf(t, sizeof t, "v2 %lld %s0 %s", p.ts, p.nonce, p.mac);
     expect_reject(a, "GET", "/p", NULL, t, "nonce is not 32 lowercase hex digits");
-    snprintf(t, sizeof t, "v1 %lld %s %s00", p.ts, p.nonce, p.mac);
+    snprintf(t, sizeof t, "v2 %lld %s %s00", p.ts, p.nonce, p.mac);
     expect_reject(a, "GET", "/p", NULL, t, "mac is not 64 lowercase hex digits");
     q = p;
     q.nonce[0] = (char)0xc3; /* a non-ASCII byte */
@@ -514,10 +615,10 @@ static void test_malformed(void **state) {
         {"00", "timestamp has a leading zero"},
     };
     for (size_t i = 0; i < sizeof bad_ts / sizeof bad_ts[0]; i++) {
-        snprintf(t, sizeof t, "v1 %s %s %s", bad_ts[i].ts, p.nonce, p.mac);
+        snprintf(t, sizeof t, "v2 %s %s %s", bad_ts[i].ts, p.nonce, p.mac);
         expect_reject(a, "GET", "/p", NULL, t, bad_ts[i].needle);
     }
-    snprintf(t, sizeof t, "v1 0 %s %s", p.nonce, p.mac);
+    snprintf(t, sizeof t, "v2 0 %s %s", p.nonce, p.mac);
     expect_reject(a, "GET", "/p", NULL, t, "in the past"); /* "0" itself is well-formed */
 
     /* An embedded NUL ends the C string early: what is left is malformed. */
@@ -542,8 +643,8 @@ static void test_malformed(void **state) {
     expect_ok(a, "GET", "/p", NULL, h);
 
     km_error err = {{0}};
-    assert_int_equal(km_peerauth_verify_request(a, NULL, "/p", NULL, 0, h, &err), -1);
-    assert_non_null(strstr(err.msg, "no method or path"));
+    assert_int_equal(km_peerauth_verify_request(a, NODE, false, NULL, "/p", NULL, 0, h, &err), -1);
+    assert_non_null(strstr(err.msg, "no node id, method or path"));
     km_peerauth_free(a);
 }
 
@@ -553,19 +654,19 @@ static void test_sign_errors(void **state) {
     km_peerauth *a = new_auth(SECRET, &clk, W);
     char h[KM_PEERAUTH_HEADER_MAX];
     /* 114 characters + NUL fit 115 bytes, not 114. */
-    assert_int_equal(km_peerauth_sign_request(a, "GET", "/p", NULL, 0, h, 115), 0);
+    assert_int_equal(km_peerauth_sign_request(a, NODE, "GET", "/p", NULL, 0, h, 115), 0);
     assert_int_equal(strlen(h), 114);
-    assert_int_equal(km_peerauth_sign_request(a, "GET", "/p", NULL, 0, h, 114), -1);
+    assert_int_equal(km_peerauth_sign_request(a, NODE, "GET", "/p", NULL, 0, h, 114), -1);
     assert_string_equal(h, "");
-    assert_int_equal(km_peerauth_sign_request(a, NULL, "/p", NULL, 0, h, sizeof h), -1);
-    assert_int_equal(km_peerauth_sign_request(a, "GET", NULL, NULL, 0, h, sizeof h), -1);
+    assert_int_equal(km_peerauth_sign_request(a, NODE, NULL, "/p", NULL, 0, h, sizeof h), -1);
+    assert_int_equal(km_peerauth_sign_request(a, NODE, "GET", NULL, NULL, 0, h, sizeof h), -1);
     clk.now = -1;
-    assert_int_equal(km_peerauth_sign_request(a, "GET", "/p", NULL, 0, h, sizeof h), -1);
+    assert_int_equal(km_peerauth_sign_request(a, NODE, "GET", "/p", NULL, 0, h, sizeof h), -1);
     clk.now = 1000000000000000LL; /* 16 digits */
-    assert_int_equal(km_peerauth_sign_request(a, "GET", "/p", NULL, 0, h, sizeof h), -1);
+    assert_int_equal(km_peerauth_sign_request(a, NODE, "GET", "/p", NULL, 0, h, sizeof h), -1);
     /* The realtime clock again: a header from now verifies now. */
     km_peerauth_set_clock(a, NULL, NULL);
-    assert_int_equal(km_peerauth_sign_request(a, "GET", "/p", NULL, 0, h, sizeof h), 0);
+    assert_int_equal(km_peerauth_sign_request(a, NODE, "GET", "/p", NULL, 0, h, sizeof h), 0);
     parts p = split_hdr(h);
     assert_true(p.ts > T0); /* after June 2024 */
     expect_ok(a, "GET", "/p", NULL, h);
@@ -605,7 +706,7 @@ static void test_response(void **state) {
     size_t blen = sizeof blob - 1;
     assert_int_equal(km_peerauth_sign_response(server, ha, 200, blob, blen, r, sizeof r), 0);
     assert_int_equal(strlen(r), 67);
-    assert_memory_equal(r, "v1 ", 3);
+    assert_memory_equal(r, "v2 ", 3);
     assert_true(is_lower_hex(r + 3));
 
     km_error err = {{0}};
@@ -630,7 +731,7 @@ static void test_response(void **state) {
     /* The request's own MAC is no response MAC (domain separation). */
     p = split_hdr(ha);
     char fake[KM_PEERAUTH_HEADER_MAX];
-    snprintf(fake, sizeof fake, "v1 %s", p.mac);
+    snprintf(fake, sizeof fake, "v2 %s", p.mac);
     expect_resp_reject(client, ha, 200, blob, blen, fake, "bad response MAC");
     /* Wrong secret. */
     km_peerauth *other = new_auth(OTHER_SECRET, &clk, W);
@@ -647,15 +748,15 @@ static void test_response(void **state) {
     expect_resp_reject(client, ha, 200, blob, blen, t, "malformed response header: mac is not 64 lowercase hex digits");
     snprintf(t, sizeof t, "%s x", r);
     expect_resp_reject(client, ha, 200, blob, blen, t,
-                       "malformed response header: more than 2 fields, expected 2 (v1 <mac>)");
-    snprintf(t, sizeof t, "v2%s", r + 2);
-    expect_resp_reject(client, ha, 200, blob, blen, t, "malformed response header: version is not v1");
+                       "malformed response header: more than 2 fields, expected 2 (v2 <mac>)");
+    snprintf(t, sizeof t, "v1%s", r + 2);
+    expect_resp_reject(client, ha, 200, blob, blen, t, "malformed response header: version is not v2");
     snprintf(t, sizeof t, "%s", r);
     t[66] = 0;
     expect_resp_reject(client, ha, 200, blob, blen, t, "mac is not 64 lowercase hex digits");
     /* Our own request header must be well-formed. */
-    expect_resp_reject(client, "v1 x", 200, blob, blen, r, "cannot check the response: our malformed request header");
-    assert_int_equal(km_peerauth_sign_response(server, "v1 1 2 3", 200, blob, blen, t, sizeof t), -1);
+    expect_resp_reject(client, "v2 x", 200, blob, blen, r, "cannot check the response: our malformed request header");
+    assert_int_equal(km_peerauth_sign_response(server, "v2 1 2 3", 200, blob, blen, t, sizeof t), -1);
     assert_string_equal(t, "");
     assert_int_equal(km_peerauth_sign_response(server, ha, 200, blob, blen, t, 67), -1); /* needs 68 */
     assert_int_equal(km_peerauth_sign_response(server, ha, 200, blob, blen, t, 68), 0);
@@ -810,6 +911,8 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sign_verify),
         cmocka_unit_test(test_known_answer),
+        cmocka_unit_test(test_target_bound),
+        cmocka_unit_test(test_stream_head),
         cmocka_unit_test(test_tampered_fields),
         cmocka_unit_test(test_wrong_secret),
         cmocka_unit_test(test_timestamp_window),

@@ -10,6 +10,7 @@
 #include "commands.h"
 #include "mesh.h"
 #include "metrics.h"
+#include "netallow.h"
 #include "node.h"
 #include "peerauth.h"
 #include "util.h"
@@ -30,7 +31,11 @@ static void node_usage(FILE *f) {
             "                          with the port actually bound)\n"
             "      --mesh-secret-file F  shared secret of the mesh (>= 16 bytes, mode 600): peer calls\n"
             "                          are authenticated with it (HMAC, replay window), and so are\n"
-            "                          the states peers send (without it they are trusted as is)\n"
+            "                          the states peers send (without it they are trusted as is); with\n"
+            "                          --api-key-file and no secret the node runs without a mesh\n"
+            "      --peer-allow LIST   networks whose addresses learned by gossip may be contacted,\n"
+            "                          CIDR,... (default: loopback for a loopback node, else the\n"
+            "                          networks of --listen and of --peers; numeric addresses only)\n"
             "      --gossip-ms MS      gossip period (default 1000)\n"
             "      --route MODE        planner (default: fastest estimated path), fetch (always fetch\n"
             "                          a peer's prefix), forward (to the peer with the longest prefix),\n"
@@ -80,11 +85,13 @@ int cmd_node(int argc, char **argv) {
     km_node_params np = km_node_default_params();
     km_api_params ap = km_api_default_params();
     const char *key_file = NULL, *port_file = NULL, *secret_file = NULL, *advertise = NULL, *store_secret_file = NULL;
+    const char *peer_allow = NULL;
     km_mesh_params mp = km_mesh_default_params();
     int insecure = 0;
     double ram_mb = 256, disk_mb = (double)(np.store.disk_budget >> 20);
     enum { O_KEY = 1000, O_INSECURE, O_PAR, O_QUEUE, O_CTX, O_KV, O_CACHE, O_RAM, O_STORE, O_LINK, O_SLOW, O_BLOCK,
-           O_SALT, O_MAXBODY, O_PORTFILE, O_PEERS, O_ADVERTISE, O_SECRET, O_GOSSIP, O_ROUTE, O_STORE_SECRET, O_DISK };
+           O_SALT, O_MAXBODY, O_PORTFILE, O_PEERS, O_ADVERTISE, O_SECRET, O_GOSSIP, O_ROUTE, O_STORE_SECRET, O_DISK,
+           O_PEER_ALLOW };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},          {"listen", required_argument, 0, 'l'},
         {"api-key-file", required_argument, 0, O_KEY}, {"insecure", no_argument, 0, O_INSECURE},
@@ -99,6 +106,7 @@ int cmd_node(int argc, char **argv) {
         {"peers", required_argument, 0, O_PEERS},      {"advertise", required_argument, 0, O_ADVERTISE},
         {"mesh-secret-file", required_argument, 0, O_SECRET}, {"gossip-ms", required_argument, 0, O_GOSSIP},
         {"route", required_argument, 0, O_ROUTE},      {"store-secret-file", required_argument, 0, O_STORE_SECRET},
+        {"peer-allow", required_argument, 0, O_PEER_ALLOW},
         {"verbose", no_argument, 0, 'v'},              {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0}};
     int ch;
@@ -134,6 +142,7 @@ int cmd_node(int argc, char **argv) {
         case O_SECRET: secret_file = optarg; break;
         case O_STORE_SECRET: store_secret_file = optarg; break;
         case O_GOSSIP: mp.gossip_ms = atoi(optarg); break;
+        case O_PEER_ALLOW: peer_allow = optarg; break;
         case O_ROUTE:
             if (km_route_mode_parse(optarg, &np.route) != 0) {
                 fprintf(stderr, "kvmesh node: --route must be planner, fetch, forward or isolated, not '%s'\n", optarg);
@@ -190,11 +199,37 @@ int cmd_node(int argc, char **argv) {
         km_peerauth_secret_free(secret, secret_len);
         return 2;
     }
+    /* An API key without a mesh secret: the peer endpoints would let any
+     * process that reaches the port around the key (cached states, gossip,
+     * forwarded requests). No mesh then -- and no start if one was asked for. */
+    if (key && !secret && (mp.seeds || advertise)) {
+        fprintf(stderr, "kvmesh node: --api-key-file with --peers/--advertise needs --mesh-secret-file: without a "
+                        "mesh secret the peer endpoints would bypass the API key\n");
+        free(key);
+        return 2;
+    }
+    if (key && !secret)
+        ap.mesh_off = "an API key without a mesh secret (the peer endpoints would bypass the key); "
+                      "start with --mesh-secret-file to join a mesh";
+    km_netallow *allow = NULL;
+    if (!ap.mesh_off) {
+        allow = km_netallow_new();
+        if (!allow || (peer_allow ? km_netallow_add_list(allow, peer_allow, &err)
+                                  : km_netallow_add_defaults(allow, host, mp.seeds, &err)) != 0) {
+            fprintf(stderr, "kvmesh node: --peer-allow: %s\n", allow ? err.msg : "out of memory");
+            km_netallow_free(allow);
+            free(key);
+            km_peerauth_secret_free(secret, secret_len);
+            return 2;
+        }
+        mp.members.allow = allow;
+    }
     uint8_t *store_secret = NULL;
     size_t store_secret_len = 0;
     if (store_secret_file &&
         km_peerauth_load_secret(store_secret_file, &store_secret, &store_secret_len, &err) != 0) {
         fprintf(stderr, "kvmesh node: --store-secret-file: %s\n", err.msg);
+        km_netallow_free(allow);
         free(key);
         km_peerauth_secret_free(secret, secret_len);
         return 2;
@@ -222,6 +257,7 @@ int cmd_node(int argc, char **argv) {
     if (!node) {
         fprintf(stderr, "kvmesh node: %s\n", err.msg);
         km_metrics_free(metrics);
+        km_netallow_free(allow);
         free(key);
         return 1;
     }
@@ -230,26 +266,38 @@ int cmd_node(int argc, char **argv) {
         fprintf(stderr, "kvmesh node: %s\n", err.msg);
         km_node_free(node);
         km_metrics_free(metrics);
+        km_netallow_free(allow);
         free(key);
         return 1;
     }
     char self_addr[300];
+    const char *self_host = strcmp(host, "localhost") == 0 ? "127.0.0.1" : host; /* peers take numeric addresses only */
     if (advertise) snprintf(self_addr, sizeof self_addr, "%s", advertise);
     else if (strchr(host, ':')) snprintf(self_addr, sizeof self_addr, "[%s]:%d", host, km_api_port(api));
-    else snprintf(self_addr, sizeof self_addr, "%s:%d", host, km_api_port(api));
+    else snprintf(self_addr, sizeof self_addr, "%s:%d", self_host, km_api_port(api));
     mp.self_addr = self_addr;
     mp.link = km_node_link(node);
-    km_mesh *mesh = km_mesh_start(&mp, node, metrics, &err);
-    km_peerauth_secret_free(secret, secret_len); /* the mesh keeps its own copy */
-    if (!mesh) {
-        fprintf(stderr, "kvmesh node: mesh: %s\n", err.msg);
-        km_api_stop(api);
-        km_node_free(node);
-        km_metrics_free(metrics);
-        free(key);
-        return 1;
+    if (!ap.mesh_off && !km_netallow_is_numeric(self_addr))
+        km_warn("kvmesh node: peers only contact numeric addresses learned by gossip, and this node's is %s: "
+                "give --advertise IP:PORT", self_addr);
+    km_mesh *mesh = NULL;
+    if (ap.mesh_off) {
+        km_info("kvmesh node: mesh disabled: %s", ap.mesh_off);
+    } else {
+        mesh = km_mesh_start(&mp, node, metrics, &err);
+        if (!mesh) {
+            fprintf(stderr, "kvmesh node: mesh: %s\n", err.msg);
+            km_peerauth_secret_free(secret, secret_len);
+            km_api_stop(api);
+            km_node_free(node);
+            km_metrics_free(metrics);
+            km_netallow_free(allow);
+            free(key);
+            return 1;
+        }
+        km_api_set_mesh(api, mesh);
     }
-    km_api_set_mesh(api, mesh);
+    km_peerauth_secret_free(secret, secret_len); /* the mesh keeps its own copy */
     char desc[256];
     km_model_describe(km_node_model(node), desc, sizeof desc);
     km_info("kvmesh node: serving %s (%s) on http://%s:%d (%d parallel, queue %d, route %s)", km_node_model_name(node),
@@ -267,6 +315,7 @@ int cmd_node(int argc, char **argv) {
     km_node_shutdown(node); /* running jobs finish; queued ones are answered 503 */
     km_api_stop(api);       /* connections finish writing their answers */
     km_mesh_stop(mesh);     /* no peer call is being served any more */
+    km_netallow_free(allow);
     km_node_free(node);     /* uploads flushed, disk cache kept */
     km_metrics_free(metrics);
     free(key);

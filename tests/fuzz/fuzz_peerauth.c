@@ -1,6 +1,8 @@
 /* fuzz_peerauth.c -- libFuzzer target for the peer-auth header parsers
- * (km_peerauth_verify_request, km_peerauth_verify_response and the request
- * parse inside km_peerauth_sign_response). Built and run by tests/fuzz/run.sh.
+ * (km_peerauth_verify_request, km_peerauth_verify_response,
+ * km_peerauth_verify_stream -- the head of a forwarded answer -- and the
+ * request parse inside km_peerauth_sign_response and km_peerauth_sign_stream).
+ * Built and run by tests/fuzz/run.sh.
  *
  * Properties checked on every input: no fault; a rejection always says why,
  * in the module's voice ("peer auth: ..."); and nothing is accepted but the
@@ -23,9 +25,12 @@
 #define METHOD "POST"
 #define PATH "/peer/state?key=00ff"
 #define BODY "hello"
-#define REQ "v1 1718000000000 000102030405060708090a0b0c0d0e0f " \
-            "69bf417f5b11d43b21f80adaea700c8193d266a8a6cde356fff2fa693c14b552"
-#define RESP "v1 65ca1a8ddc1a3226e2f9a7942ab7ef6f6ef49b597328075d31aa6e3798d552bd"
+#define TARGET "a1b2c3d4e5f60718"
+#define REQ "v2 1718000000000 000102030405060708090a0b0c0d0e0f " \
+            "5d4607c7504068b03d841cb149026222e79829f12f4524eb0aee7854f0dfd94f"
+#define RESP "v2 7a321dd427f8da394c63f84c9b1dd32baf9bf905b27d3d3a9595a079e126228f"
+#define STREAM "v2 cc6938faddef3d4418bb30750038161698e7d12c2e03ee2ad5c32024b84a3d84"
+#define STREAM_TYPE "text/event-stream"
 #define STATUS 200
 #define RESP_BODY "blob"
 
@@ -51,11 +56,11 @@ static void check(const char *h) {
     /* As a request header. A fresh verifier per input, so the genuine one is
      * not a replay. */
     err.msg[0] = 0;
-    int rc = km_peerauth_verify_request(a, METHOD, PATH, (const uint8_t *)BODY, strlen(BODY), h, &err);
+    int rc = km_peerauth_verify_request(a, TARGET, true, METHOD, PATH, (const uint8_t *)BODY, strlen(BODY), h, &err);
     if (rc == 0) {
         if (strcmp(h, REQ) != 0) abort(); /* accepted something not genuine */
         /* ... and at once a replay. */
-        rc = km_peerauth_verify_request(a, METHOD, PATH, (const uint8_t *)BODY, strlen(BODY), h, &err);
+        rc = km_peerauth_verify_request(a, TARGET, true, METHOD, PATH, (const uint8_t *)BODY, strlen(BODY), h, &err);
         if (rc != -1 || !strstr(err.msg, "replayed nonce")) abort();
     } else {
         check_rejection(rc, &err);
@@ -72,21 +77,38 @@ static void check(const char *h) {
         if (strcmp(h, RESP) == 0) abort();
     }
 
+    /* As the head of a framed answer to the genuine request. */
+    uint8_t key[KM_PEERAUTH_STREAM_KEY_LEN], key2[KM_PEERAUTH_STREAM_KEY_LEN];
+    err.msg[0] = 0;
+    rc = km_peerauth_verify_stream(a, REQ, STATUS, STREAM_TYPE, h, key, &err);
+    if (rc == 0) {
+        if (strcmp(h, STREAM) != 0) abort();
+    } else {
+        check_rejection(rc, &err);
+        if (strcmp(h, STREAM) == 0) abort();
+    }
+
     /* As the request header an answer is signed for: when that parses, the
-     * answer must verify against it. */
+     * answer must verify against it (whole, or as a framed stream's head). */
     char out[KM_PEERAUTH_HEADER_MAX];
     if (km_peerauth_sign_response(a, h, STATUS, (const uint8_t *)RESP_BODY, strlen(RESP_BODY), out, sizeof out) == 0) {
         if (km_peerauth_verify_response(a, h, STATUS, (const uint8_t *)RESP_BODY, strlen(RESP_BODY), out, &err) != 0)
             abort();
         if (strlen(out) != 67) abort();
+        if (km_peerauth_sign_stream(a, h, STATUS, STREAM_TYPE, out, sizeof out, key) != 0) abort();
+        if (km_peerauth_verify_stream(a, h, STATUS, STREAM_TYPE, out, key2, &err) != 0) abort();
+        if (memcmp(key, key2, sizeof key) != 0) abort();
+    } else if (km_peerauth_sign_stream(a, h, STATUS, STREAM_TYPE, out, sizeof out, key) == 0) {
+        abort(); /* the two signers parse alike */
     }
     km_peerauth_free(a);
 }
 
-/* Input: [mode][length change][(offset, byte) pairs ...] applied to REQ or
- * RESP (mode bit 1). */
+/* Input: [mode][length change][(offset, byte) pairs ...] applied to REQ,
+ * RESP or STREAM (mode bits 1-2). */
 static void edited(const uint8_t *data, size_t size) {
-    const char *base = (data[0] & 2) ? RESP : REQ;
+    const char *bases[] = {REQ, RESP, STREAM, REQ};
+    const char *base = bases[(data[0] >> 1) & 3];
     size_t blen = strlen(base);
     size_t len = blen;
     if (size >= 2) {
