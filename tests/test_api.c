@@ -61,6 +61,9 @@ static json_t *parse(const resp *r) {
     return j;
 }
 
+/* Whether v is the JSON string s. */
+static bool is_text(const json_t *v, const char *s) { return json_is_string(v) && strcmp(json_string_value(v), s) == 0; }
+
 /* The error object of an OpenAI-style error response. */
 static void expect_error(const resp *r, long status, const char *type, const char *msg_part) {
     if (r->status != status) fail_msg("status %ld, expected %ld: %.300s", r->status, status, r->body);
@@ -297,6 +300,14 @@ static void test_bad_requests(void **state) {
     r = http(&N, "POST", "/v1/completions", "[1,2]", NULL);
     expect_error(&r, 400, "invalid_request_error", "JSON object");
     free(r.body);
+    /* nested past jansson's depth limit: a 400, not a connection thread out of stack */
+    char deep[2 * 2100 + 1];
+    memset(deep, '[', 2100);
+    memset(deep + 2100, ']', 2100);
+    deep[4200] = '\0';
+    r = http(&N, "POST", "/v1/completions", deep, NULL);
+    expect_error(&r, 400, "invalid_request_error", "maximum parsing depth");
+    free(r.body);
     r = http(&N, "POST", "/v1/completions", "{\"max_tokens\":3}", NULL);
     expect_error(&r, 400, "invalid_request_error", "'prompt' is required");
     free(r.body);
@@ -354,7 +365,7 @@ static void test_bad_requests(void **state) {
     r = http(&N, "POST", "/v1/completions", body, NULL);
     expect_error(&r, 400, "invalid_request_error", "context");
     json_t *je = parse(&r);
-    assert_string_equal(json_string_value(json_object_get(json_object_get(je, "error"), "code")), "context_length_exceeded");
+    assert_true(is_text(json_object_get(json_object_get(je, "error"), "code"), "context_length_exceeded"));
     json_decref(je);
     free(r.body);
     free(body);
@@ -754,16 +765,19 @@ static void test_slowloris(void **state) {
     free(c.body);
     pthread_join(t, NULL);
     double first = 1e9, last = 0;
+    int closed = 0;
     for (int i = 0; i < SLOW_CONNS; i++) {
-        if (s.t_closed[i] <= 0) fail_msg("slow connection %d was %s", i, s.t_closed[i] < 0 ? "refused" : "never closed");
+        if (s.t_closed[i] <= 0) continue; /* refused, or never closed */
         double lived = s.t_closed[i] - s.t_open[i];
         if (lived < first) first = lived;
         if (lived > last) last = lived;
+        closed++;
     }
-    print_message("slowloris: /health %.0f ms, completion %.0f ms; %d slow connections closed after %.0f-%.0f ms\n",
-                  t_health, t_completion, s.n_open, first, last);
-    assert_int_equal(s.n_open, SLOW_CONNS);
+    print_message("slowloris: /health %.0f ms, completion %.0f ms; %d of %d slow connections closed by the node "
+                  "after %.0f-%.0f ms\n", t_health, t_completion, closed, s.n_open, first, last);
     assert_true(t_health < 1000 && t_completion < 1000);
+    assert_int_equal(s.n_open, SLOW_CONNS);
+    assert_int_equal(closed, SLOW_CONNS);
     assert_true(first >= 2000 && last < 4000); /* the deadline, not the 300 s idle timeout */
     assert_int_equal((int)metric(&n, "kvmesh_http_request_timeouts_total"), SLOW_CONNS);
     assert_int_equal(node_stop(&n), 0);
@@ -844,8 +858,8 @@ static void test_long_prompt_refused_before_tokenizing(void **state) {
     expect_error(&r, 400, "invalid_request_error", "context holds 4096");
     json_t *j = parse(&r);
     json_t *e = json_object_get(j, "error");
-    assert_string_equal(json_string_value(json_object_get(e, "code")), "context_length_exceeded");
-    assert_string_equal(json_string_value(json_object_get(e, "param")), "prompt");
+    assert_true(is_text(json_object_get(e, "code"), "context_length_exceeded"));
+    assert_true(is_text(json_object_get(e, "param"), "prompt"));
     json_decref(j);
     assert_true(ms < 1000);
     assert_true(hp.n_ok >= 1 && hp.worst_ms < 1000);
