@@ -29,6 +29,8 @@
 #define CLIENT_CHECK_MS 200
 /* The watchdog's period: a slow request is closed at most this late. */
 #define WATCHDOG_MS 100
+/* km_api_stop waits at most this long for answers being written. */
+#define STOP_GRACE_MS 5000
 /* A connection thread's stack. The deepest path is jansson parsing a body
  * nested to its limit of 2048 levels: 728 KiB measured (a chat of 1024
  * messages, tokenizing: < 100 KiB). 1024 threads at the default 8 MiB would
@@ -42,6 +44,7 @@ typedef struct sock {
     MHD_socket fd;
     double since;  /* start of the receiving, ms */
     bool handling; /* the request is whole: being computed or answered */
+    bool shut;     /* by the watchdog */
     struct sock *prev, *next;
 } sock;
 
@@ -1025,7 +1028,7 @@ static void *watchdog_main(void *arg) {
         for (sock *k = a->socks; k; k = k->next)
             if (!k->handling && now - k->since > limit) {
                 shutdown(k->fd, SHUT_RDWR);
-                k->handling = true; /* once */
+                k->handling = k->shut = true; /* once */
                 if (a->timeouts) km_counter_inc(a->timeouts);
             }
         km_cond_wait_ms(&a->wd_wake, &a->socks_lock, WATCHDOG_MS);
@@ -1133,12 +1136,13 @@ km_api *km_api_start(const km_api_params *p, km_node *node, km_metrics *metrics,
     /* poll, not select: select cannot watch descriptors past 1024 */
     unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_USE_ERROR_LOG;
     if (ai->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
-    a->d = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, on_request, a, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
+    a->d = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, on_request, a, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
+                            MHD_OPTION_SOCK_ADDR, ai->ai_addr,
                             MHD_OPTION_NOTIFY_COMPLETED, on_completed, a, MHD_OPTION_NOTIFY_CONNECTION, on_connection, a,
                             MHD_OPTION_CONNECTION_LIMIT, (unsigned)p->max_connections,
                             MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)p->max_connections_per_ip,
                             MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)p->timeout_s, MHD_OPTION_THREAD_STACK_SIZE,
-                            THREAD_STACK_BYTES, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, MHD_OPTION_END);
+                            THREAD_STACK_BYTES, MHD_OPTION_END);
     freeaddrinfo(ai);
     if (a->d && pthread_create(&a->watchdog, NULL, watchdog_main, a) == 0) a->wd_started = true;
     if (!a->wd_started) {
@@ -1160,6 +1164,17 @@ void km_api_set_mesh(km_api *a, km_mesh *mesh) { atomic_store(&a->mesh, mesh); }
 
 void km_api_stop(km_api *a) {
     if (!a) return;
+    /* Answers being written go out before the connections are closed (their
+     * jobs are done when the node was shut down first); a client that does
+     * not read its answer holds this up for STOP_GRACE_MS at most. */
+    double until = km_now_ms() + STOP_GRACE_MS;
+    pthread_mutex_lock(&a->socks_lock);
+    for (bool busy = true; busy && km_now_ms() < until;) {
+        busy = false;
+        for (sock *k = a->socks; k && !busy; k = k->next) busy = k->handling && !k->shut;
+        if (busy) km_cond_wait_ms(&a->wd_wake, &a->socks_lock, 10);
+    }
+    pthread_mutex_unlock(&a->socks_lock);
     MHD_stop_daemon(a->d); /* every connection closed: the list is empty */
     pthread_mutex_lock(&a->socks_lock);
     a->wd_stop = true;
