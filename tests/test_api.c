@@ -783,6 +783,50 @@ static void test_slowloris(void **state) {
     assert_int_equal(node_stop(&n), 0);
 }
 
+/* A raw connection to the node sending req (NULL: nothing); the socket, or -1. */
+static int raw_connect(const node_proc *n, const char *req) {
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)n->port)};
+    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+        close(fd);
+        return -1;
+    }
+    if (req) send(fd, req, strlen(req), MSG_NOSIGNAL);
+    return fd;
+}
+
+/* The first bytes of the node's answer on fd (0: closed without one). */
+static ssize_t raw_answer(int fd, char *buf, size_t cap) {
+    struct timeval tv = {.tv_sec = 5};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    ssize_t r = recv(fd, buf, cap - 1, 0);
+    buf[r > 0 ? r : 0] = '\0';
+    return r;
+}
+
+/* One client address holds at most --max-connections-per-ip connections:
+ * the next is closed unanswered, until one of its others goes. */
+static void test_per_ip_limit(void **state) {
+    node_proc n = node_start("--max-connections-per-ip", "4", NULL);
+    const char *get = "GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
+    int held[4];
+    for (int i = 0; i < 4; i++) assert_true((held[i] = raw_connect(&n, NULL)) >= 0);
+    usleep(200000);
+    char buf[256];
+    int fd = raw_connect(&n, get);
+    assert_true(raw_answer(fd, buf, sizeof buf) <= 0); /* closed, no answer */
+    close(fd);
+    close(held[0]);
+    usleep(200000);
+    fd = raw_connect(&n, get);
+    assert_true(raw_answer(fd, buf, sizeof buf) > 0);
+    assert_memory_equal(buf, "HTTP/1.1 200", 12);
+    close(fd);
+    for (int i = 1; i < 4; i++) close(held[i]);
+    assert_int_equal(node_stop(&n), 0);
+}
+
 /* A plain (not streamed) request whose client hangs up is cancelled at the
  * next token, as a streamed one: its context is free again at once. */
 static void test_disconnect_cancels_plain_request(void **state) {
@@ -973,6 +1017,7 @@ int main(void) {
         cmocka_unit_test(test_backlog_counts_work),
         cmocka_unit_test(test_client_disconnect),
         cmocka_unit_test(test_slowloris),
+        cmocka_unit_test(test_per_ip_limit),
         cmocka_unit_test(test_disconnect_cancels_plain_request),
         cmocka_unit_test(test_long_prompt_refused_before_tokenizing),
         cmocka_unit_test(test_burst_retry_after),
