@@ -1026,9 +1026,9 @@ static void *watchdog_main(void *arg) {
     while (!a->wd_stop) {
         double now = km_now_ms();
         for (sock *k = a->socks; k; k = k->next)
-            if (!k->handling && now - k->since > limit) {
+            if (!k->handling && !k->shut && now - k->since > limit) {
                 shutdown(k->fd, SHUT_RDWR);
-                k->handling = k->shut = true; /* once */
+                k->shut = true; /* once */
                 if (a->timeouts) km_counter_inc(a->timeouts);
             }
         km_cond_wait_ms(&a->wd_wake, &a->socks_lock, WATCHDOG_MS);

@@ -57,7 +57,8 @@ struct km_mesh;
 void km_api_set_mesh(km_api *a, struct km_mesh *mesh);
 /* Refuse new requests (/health says 503); running ones go on. */
 void km_api_drain(km_api *a);
-/* Close the listening socket and every connection, free. */
+/* Close the listening socket and every connection, once the answers being
+ * written have gone out (5 s at most; shut the node down first), free. */
 void km_api_stop(km_api *a);
 /* The port actually bound. */
 int km_api_port(const km_api *a);
