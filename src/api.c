@@ -1056,6 +1056,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         cn = calloc(1, sizeof *cn);
         if (!cn) return MHD_NO;
         *con_cls = cn;
+        /* without the key, not even the body is read (nor kept in memory) */
+        if (strncmp(url, "/v1/", 4) == 0 && !authorized(a, c)) {
+            sock_set(a, c, true);
+            return send_error(a, c, "auth", MHD_HTTP_UNAUTHORIZED, "invalid_request_error", NULL,
+                              "missing or wrong API key (Authorization: Bearer <key>)");
+        }
         return MHD_YES;
     }
     if (*upload_size) { /* body data, possibly in several calls */
@@ -1078,10 +1084,6 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     }
     sock_set(a, c, true); /* the request is whole: no deadline while it is served */
     bool post = strcmp(method, MHD_HTTP_METHOD_POST) == 0, get = strcmp(method, MHD_HTTP_METHOD_GET) == 0;
-    bool v1 = strncmp(url, "/v1/", 4) == 0;
-    if (v1 && !authorized(a, c))
-        return send_error(a, c, "auth", MHD_HTTP_UNAUTHORIZED, "invalid_request_error", NULL,
-                          "missing or wrong API key (Authorization: Bearer <key>)");
     if (cn->too_large)
         return send_error(a, c, "body", MHD_HTTP_CONTENT_TOO_LARGE, "invalid_request_error", NULL,
                           "request body over %zu bytes", a->p.max_body);

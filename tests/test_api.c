@@ -54,6 +54,28 @@ static resp http(const node_proc *n, const char *method, const char *path, const
     return tu_http(n->url, method, path, body, h);
 }
 
+/* A raw connection to the node sending req (NULL: nothing); the socket, or -1. */
+static int raw_connect(const node_proc *n, const char *req) {
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)n->port)};
+    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+        close(fd);
+        return -1;
+    }
+    if (req) send(fd, req, strlen(req), MSG_NOSIGNAL);
+    return fd;
+}
+
+/* The first bytes of the node's answer on fd (0: closed without one). */
+static ssize_t raw_answer(int fd, char *buf, size_t cap) {
+    struct timeval tv = {.tv_sec = 5};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    ssize_t r = recv(fd, buf, cap - 1, 0);
+    buf[r > 0 ? r : 0] = '\0';
+    return r;
+}
+
 static json_t *parse(const resp *r) {
     json_error_t e;
     json_t *j = json_loads(r->body, 0, &e);
@@ -440,6 +462,13 @@ static void test_api_key(void **state) {
     r = http(&n, "GET", "/health", NULL, NULL); /* health and metrics stay open */
     assert_int_equal(r.status, 200);
     free(r.body);
+    /* without the key the body is not even read: 401 right after the head */
+    int fd = raw_connect(&n, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                             "Content-Length: 3000000\r\n\r\n{\"prompt\":\"");
+    char buf[512];
+    assert_true(raw_answer(fd, buf, sizeof buf) > 0);
+    assert_memory_equal(buf, "HTTP/1.1 401", 12);
+    close(fd);
     assert_int_equal(node_stop(&n), 0);
     tu_rmtree(dir);
     free(dir);
@@ -781,28 +810,6 @@ static void test_slowloris(void **state) {
     assert_true(first >= 2000 && last < 4000); /* the deadline, not the 300 s idle timeout */
     assert_int_equal((int)metric(&n, "kvmesh_http_request_timeouts_total"), SLOW_CONNS);
     assert_int_equal(node_stop(&n), 0);
-}
-
-/* A raw connection to the node sending req (NULL: nothing); the socket, or -1. */
-static int raw_connect(const node_proc *n, const char *req) {
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)n->port)};
-    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
-        close(fd);
-        return -1;
-    }
-    if (req) send(fd, req, strlen(req), MSG_NOSIGNAL);
-    return fd;
-}
-
-/* The first bytes of the node's answer on fd (0: closed without one). */
-static ssize_t raw_answer(int fd, char *buf, size_t cap) {
-    struct timeval tv = {.tv_sec = 5};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    ssize_t r = recv(fd, buf, cap - 1, 0);
-    buf[r > 0 ? r : 0] = '\0';
-    return r;
 }
 
 /* One client address holds at most --max-connections-per-ip connections:
