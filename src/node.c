@@ -46,6 +46,7 @@ struct km_job {
     char error[512]; /* as km_error */
     double t_submit, queue_ms;
     km_model *model;
+    km_node *node;
     struct km_job *next; /* queue link, under the node mutex */
     /* the plan at submit, for the backlog and for prefixes in flight (under
      * the node mutex once queued) */
@@ -162,10 +163,30 @@ void km_job_release(km_job *j) {
     if (last) job_free(j);
 }
 
+static void job_finish(km_job *j, km_finish f, const char *error, bool bad_request);
+
 void km_job_cancel(km_job *j) {
     pthread_mutex_lock(&j->lock);
     j->cancel = true;
     pthread_mutex_unlock(&j->lock);
+    /* a queued job leaves the queue at once: its place and its share of the
+     * backlog (the wait estimates, admission) go to the others */
+    km_node *n = j->node;
+    km_job *prev = NULL, *q;
+    pthread_mutex_lock(&n->lock);
+    for (q = n->qhead; q && q != j; q = q->next) prev = q;
+    if (q) {
+        if (prev) prev->next = j->next;
+        else n->qhead = j->next;
+        if (n->qtail == j) n->qtail = prev;
+        j->next = NULL;
+        n->queued--;
+    }
+    pthread_mutex_unlock(&n->lock);
+    if (!q) return; /* running (it stops at its next token), or done */
+    job_finish(j, KM_FINISH_CANCELLED, "cancelled by the client", false);
+    if (n->m.cancelled) km_counter_inc(n->m.cancelled);
+    km_job_release(j); /* the queue's reference */
 }
 
 static void job_finish(km_job *j, km_finish f, const char *error, bool bad_request) {
@@ -360,6 +381,7 @@ km_job *km_node_submit(km_node *n, const km_job_spec *spec, bool *busy, km_error
     pthread_cond_init(&j->changed, NULL);
     j->refs = 2;
     j->model = n->model;
+    j->node = n;
     j->segs = calloc((size_t)spec->n_segs, sizeof *j->segs);
     bool oom = !j->segs;
     for (int i = 0; !oom && i < spec->n_segs; i++) oom = !(j->segs[i] = strdup(spec->segs[i]));

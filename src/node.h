@@ -134,7 +134,8 @@ int km_node_check_length(km_node *n, const char *const *segs, int n_segs, km_err
  * final or the job has finished; *chunk (malloc'd, may be NULL) gets that
  * text. Returns 1 when finished and everything was handed out, 0 otherwise. */
 int km_job_wait(km_job *j, size_t seen, int timeout_ms, char **chunk, size_t *chunk_len, km_job_status *st);
-/* Stop the job at the next token (client went away); it finishes as cancelled. */
+/* Stop the job at the next token (client went away), or take it out of the
+ * queue at once if it waits there; it finishes as cancelled. */
 void km_job_cancel(km_job *j);
 void km_job_release(km_job *j);
 

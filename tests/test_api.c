@@ -861,6 +861,36 @@ static void test_disconnect_cancels_plain_request(void **state) {
     assert_int_equal((int)metric(&n, "kvmesh_requests_total{result=\"completed\"}"), 1);
     assert_true(noticed < 2000);
     assert_true(queue_ms < 100);
+
+    /* one that leaves while queued behind another is out of the queue at once */
+    bg_req a = {&n, "{\"prompt\":\"Running while another waits\",\"max_tokens\":12,\"temperature\":0}", {0}};
+    pthread_t ta;
+    pthread_create(&ta, NULL, bg_post, &a);
+    assert_int_equal(health_when(&n, "running", 1, "queued"), 0);
+    c = curl_easy_init();
+    snprintf(url, sizeof url, "%s/v1/completions", n.url);
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS, "{\"prompt\":\"Queued, then gone\",\"max_tokens\":12}");
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 300L);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_discard);
+    assert_int_equal(curl_easy_perform(c), CURLE_OPERATION_TIMEDOUT);
+    curl_easy_cleanup(c);
+    t0 = now_ms();
+    while (metric(&n, "kvmesh_requests_total{result=\"cancelled\"}") < 2 && now_ms() - t0 < 5000) usleep(20000);
+    resp h = http(&n, "GET", "/health", NULL, NULL);
+    json_t *jh = parse(&h);
+    int queued = (int)json_integer_value(json_object_get(jh, "queued")),
+        running = (int)json_integer_value(json_object_get(jh, "running"));
+    json_decref(jh);
+    free(h.body);
+    print_message("disconnect while queued: out of the queue %.0f ms after the hang-up (queued %d, running %d)\n",
+                  now_ms() - t0, queued, running);
+    assert_int_equal(queued, 0);
+    assert_int_equal(running, 1); /* the other still computes */
+    pthread_join(ta, NULL);
+    assert_int_equal(a.r.status, 200);
+    free(a.r.body);
+    assert_int_equal((int)metric(&n, "kvmesh_requests_total{result=\"cancelled\"}"), 2);
     assert_int_equal(node_stop(&n), 0);
 }
 
