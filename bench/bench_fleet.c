@@ -769,6 +769,7 @@ static int start_nodes(const fleet_opts *o, const device *d, int n_ctx, const ru
         args[k++] = "--gossip-ms", args[k++] = gossip;
         args[k++] = "--link", args[k++] = link;
         args[k++] = "--parallel", args[k++] = "1";
+        args[k++] = "--max-wait", args[k++] = "0"; /* the fleet measures waits (a long prompt holds a device 40-55 s) */
         args[k++] = "--threads", args[k++] = "1";
         args[k++] = "--ctx", args[k++] = ctx;
         args[k++] = "--ram-budget", args[k++] = ram;

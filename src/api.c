@@ -2,11 +2,13 @@
 #include "api.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <jansson.h>
 #include <microhttpd.h>
 #include <netdb.h>
 #include <pthread.h>
 #include <sodium.h>
+#include <math.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,6 +26,29 @@
  * sends an SSE comment: the write is how a vanished client is noticed. */
 #define KEEPALIVE_MS 10000
 #define MAX_MESSAGES 1024
+/* A plain (not streamed) request checks this often whether its client is
+ * still there while it waits for its job. */
+#define CLIENT_CHECK_MS 200
+/* The watchdog's period: a slow request is closed at most this late. */
+#define WATCHDOG_MS 100
+/* km_api_stop waits at most this long for answers being written. */
+#define STOP_GRACE_MS 5000
+/* A connection thread's stack. The deepest path is jansson parsing a body
+ * nested to its limit of 2048 levels: 728 KiB measured (a chat of 1024
+ * messages, tokenizing: < 100 KiB). 1024 threads at the default 8 MiB would
+ * reserve 8 GiB of address space (only touched pages are memory). */
+#define THREAD_STACK_BYTES ((size_t)2 << 20)
+
+/* A connection as the watchdog sees it: while it is receiving a request --
+ * from its accept, or the end of its previous answer, to the last byte of
+ * the body -- it must be done within request_timeout_s. */
+typedef struct sock {
+    MHD_socket fd;
+    double since;  /* start of the receiving, ms */
+    bool handling; /* the request is whole: being computed or answered */
+    bool shut;     /* by the watchdog */
+    struct sock *prev, *next;
+} sock;
 
 struct km_api {
     km_api_params p;
@@ -36,11 +61,19 @@ struct km_api {
     atomic_bool draining;
     _Atomic(km_mesh *) mesh;
     atomic_uint_fast64_t next_id;
+    /* the open connections, for the watchdog (under socks_lock) */
+    pthread_mutex_t socks_lock;
+    pthread_cond_t wd_wake;
+    sock *socks;
+    bool wd_stop, wd_started;
+    pthread_t watchdog;
+    km_counter *timeouts;
 };
 
 km_api_params km_api_default_params(void) {
     km_api_params p = {.listen = "127.0.0.1:8080", .api_key = NULL, .max_body = (size_t)4 << 20,
-                       .max_connections = 64, .timeout_s = 300};
+                       .max_connections = 1024, .max_connections_per_ip = 256, .request_timeout_s = 10,
+                       .timeout_s = 300};
     return p;
 }
 
@@ -144,25 +177,33 @@ static void count_request(km_api *a, const char *endpoint, unsigned status) {
     if (c) km_counter_inc(c);
 }
 
+/* retry_ms >= 0: when to retry, as Retry-After (whole seconds, at least 1)
+ * and retry-after-ms (exact; OpenAI's clients read it first). */
 static enum MHD_Result send_bytes(struct MHD_Connection *c, unsigned status, const char *type, char *data, size_t len,
-                                  const char *retry_after) {
+                                  double retry_ms) {
     struct MHD_Response *r = MHD_create_response_from_buffer(len, data, MHD_RESPMEM_MUST_FREE);
     if (!r) {
         free(data);
         return MHD_NO;
     }
     MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, type);
-    if (retry_after) MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, retry_after);
+    if (retry_ms >= 0) {
+        char secs[32], ms[32];
+        snprintf(secs, sizeof secs, "%.0f", retry_ms < 1000 ? 1 : ceil(retry_ms / 1000));
+        snprintf(ms, sizeof ms, "%.0f", ceil(retry_ms));
+        MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, secs);
+        MHD_add_response_header(r, "retry-after-ms", ms);
+    }
     enum MHD_Result ret = MHD_queue_response(c, status, r);
     MHD_destroy_response(r);
     return ret;
 }
 
-static enum MHD_Result send_json(struct MHD_Connection *c, unsigned status, json_t *j, const char *retry_after) {
+static enum MHD_Result send_json(struct MHD_Connection *c, unsigned status, json_t *j, double retry_ms) {
     char *s = json_dumps(j, JSON_COMPACT);
     json_decref(j);
     if (!s) return MHD_NO;
-    return send_bytes(c, status, "application/json", s, strlen(s), retry_after);
+    return send_bytes(c, status, "application/json", s, strlen(s), retry_ms);
 }
 
 /* A 200 JSON answer to a forwarded request (req_auth: its signature): the
@@ -190,7 +231,17 @@ static enum MHD_Result send_json_signed(struct MHD_Connection *c, km_peerauth *a
     return ret;
 }
 
-/* OpenAI's error object. */
+/* OpenAI's error object with its code (NULL: none); retry_ms as send_bytes. */
+static enum MHD_Result send_error_code(km_api *a, struct MHD_Connection *c, const char *endpoint, unsigned status,
+                                       const char *type, const char *param, const char *code, double retry_ms,
+                                       const char *msg) {
+    count_request(a, endpoint, status);
+    json_t *e = json_pack("{s:{s:o,s:s,s:o,s:o}}", "error", "message", json_text(msg, strlen(msg)), "type", type,
+                          "param", param ? json_string(param) : json_null(), "code", code ? json_string(code) : json_null());
+    return send_json(c, status, e, retry_ms);
+}
+
+/* OpenAI's error object (a 503 says to retry in a second). */
 static enum MHD_Result send_error(km_api *a, struct MHD_Connection *c, const char *endpoint, unsigned status,
                                   const char *type, const char *param, const char *fmt, ...)
     __attribute__((format(printf, 7, 8)));
@@ -201,10 +252,8 @@ static enum MHD_Result send_error(km_api *a, struct MHD_Connection *c, const cha
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    count_request(a, endpoint, status);
-    json_t *e = json_pack("{s:{s:o,s:s,s:o,s:o}}", "error", "message", json_text(msg, strlen(msg)), "type", type,
-                          "param", param ? json_string(param) : json_null(), "code", json_null());
-    return send_json(c, status, e, status == MHD_HTTP_SERVICE_UNAVAILABLE ? "1" : NULL);
+    return send_error_code(a, c, endpoint, status, type, param, NULL,
+                           status == MHD_HTTP_SERVICE_UNAVAILABLE ? 1000 : -1, msg);
 }
 
 /* ------------------------------------------------------- request parsing */
@@ -235,6 +284,15 @@ static int get_number(json_t *root, const char *name, double lo, double hi, doub
     if (!(d >= lo && d <= hi)) return km_error_set(err, "'%s' must be between %g and %g", name, lo, hi);
     *out = d;
     return 0;
+}
+
+/* As get_number, for a field that counts: a whole number (2.0 is 2, 2.7 is
+ * an error, not 2). */
+static int get_integer(json_t *root, const char *name, double lo, double hi, double *out, km_error *err) {
+    json_t *v = json_object_get(root, name);
+    if (v && json_is_real(v) && json_real_value(v) != floor(json_real_value(v)))
+        return km_error_set(err, "'%s' must be an integer", name);
+    return get_number(root, name, lo, hi, out, err);
 }
 
 /* The text of a chat message's content: a string, or OpenAI's array of
@@ -361,17 +419,17 @@ static int parse_gen(km_node *node, json_t *root, bool chat, gen_req *g, const c
     if (get_number(root, "top_p", 0, 1, &d, err)) return *param = "top_p", -1;
     g->sampling.top_p = d <= 0 ? 1e-6f : (float)d;
     d = 0;
-    if (get_number(root, "top_k", 0, 1000000, &d, err)) return *param = "top_k", -1;
+    if (get_integer(root, "top_k", 0, 1000000, &d, err)) return *param = "top_k", -1;
     g->sampling.top_k = (int)d;
     d = g->sampling.seed;
-    if (get_number(root, "seed", -9.2e18, 9.2e18, &d, err)) return *param = "seed", -1;
+    if (get_integer(root, "seed", -9.2e18, 9.2e18, &d, err)) return *param = "seed", -1;
     g->sampling.seed = (uint32_t)(int64_t)d;
     const char *max_name = json_object_get(root, "max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
     d = g->n_predict;
-    if (get_number(root, max_name, 0, 1 << 24, &d, err)) return *param = max_name, -1;
+    if (get_integer(root, max_name, 0, 1 << 24, &d, err)) return *param = max_name, -1;
     if (json_is_number(json_object_get(root, max_name))) g->n_predict = (int)d;
     d = 1;
-    if (get_number(root, "n", 1, 1, &d, err)) return *param = "n", km_error_set(err, "only n = 1 is supported");
+    if (get_integer(root, "n", 1, 1, &d, err)) return *param = "n", km_error_set(err, "only n = 1 is supported");
     if ((v = json_object_get(root, "stop")) && !json_is_null(v)) {
         if (json_is_string(v)) {
             g->stop[g->n_stop++] = json_string_value(v);
@@ -662,6 +720,47 @@ static bool try_forward(km_api *a, km_mesh *mesh, struct MHD_Connection *c, conn
 
 /* ------------------------------------------------------------- handlers */
 
+/* Whether the client closed its connection (or it broke): a peek finds the
+ * end of the stream or an error. Bytes of a next request stay unread. */
+static bool client_gone(struct MHD_Connection *c) {
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (!ci) return false;
+    char b;
+    ssize_t r = recv(ci->connect_fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    return r == 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+}
+
+/* km_job_wait (no time limit) for the connection's own job, checking at
+ * *next_check (ms; then every CLIENT_CHECK_MS, however fast the tokens come)
+ * that the client is still there: -1 if it left, after cancelling the job
+ * (it stops at its next token, or is dropped unstarted). */
+static int wait_job(struct MHD_Connection *c, km_job *job, size_t seen, char **chunk, size_t *cl, km_job_status *st,
+                    double *next_check) {
+    for (;;) {
+        double left = *next_check - km_now_ms();
+        int done = km_job_wait(job, seen, left > 0 ? (int)left + 1 : 0, chunk, cl, st);
+        if (done) return done;
+        if (km_now_ms() >= *next_check) {
+            if (client_gone(c)) {
+                free(*chunk);
+                *chunk = NULL;
+                *cl = 0;
+                km_job_cancel(job);
+                return -1;
+            }
+            *next_check = km_now_ms() + CLIENT_CHECK_MS;
+        }
+        if (*cl > 0) return 0;
+        free(*chunk);
+    }
+}
+
+/* The answer to a request the node has no room for: 503 with when to retry. */
+static enum MHD_Result send_busy(km_api *a, struct MHD_Connection *c, const char *ep, const char *msg) {
+    return send_error_code(a, c, ep, MHD_HTTP_SERVICE_UNAVAILABLE, "server_error", NULL, NULL,
+                           km_node_retry_after_ms(a->node), msg);
+}
+
 static enum MHD_Result handle_generate(km_api *a, struct MHD_Connection *c, conn *cn, const char *url, bool chat) {
     const char *ep = chat ? "chat" : "completions";
     if (atomic_load(&a->draining))
@@ -697,6 +796,13 @@ static enum MHD_Result handle_generate(km_api *a, struct MHD_Connection *c, conn
         json_decref(root);
         return send_error(a, c, ep, MHD_HTTP_BAD_REQUEST, "invalid_request_error", param, "%s", err.msg);
     }
+    /* a text that cannot fit is refused before it is tokenized (seconds for megabytes) */
+    if (km_node_check_length(a->node, (const char *const *)g.segs, g.n_segs, &err) != 0) {
+        gen_req_free(&g);
+        json_decref(root);
+        return send_error_code(a, c, ep, MHD_HTTP_BAD_REQUEST, "invalid_request_error", chat ? "messages" : "prompt",
+                               "context_length_exceeded", -1, err.msg);
+    }
     /* Where to run it: here, or (not for a request a peer forwarded to us)
      * at the peer that holds its prefix, if the planner says that is faster. */
     km_prompt_plan plan;
@@ -728,7 +834,7 @@ static enum MHD_Result handle_generate(km_api *a, struct MHD_Connection *c, conn
     g.n_stop = 0;
     if (!job) {
         gen_req_free(&g);
-        return busy ? send_error(a, c, ep, MHD_HTTP_SERVICE_UNAVAILABLE, "server_error", NULL, "%s", err.msg)
+        return busy ? send_busy(a, c, ep, err.msg)
                     : send_error(a, c, ep, MHD_HTTP_BAD_REQUEST, "invalid_request_error", NULL, "%s", err.msg);
     }
     char id[48];
@@ -741,11 +847,20 @@ static enum MHD_Result handle_generate(km_api *a, struct MHD_Connection *c, conn
     char *chunk;
     size_t cl;
     km_job_status st;
-    int done = km_job_wait(job, 0, -1, &chunk, &cl, &st);
+    double next_check = km_now_ms() + CLIENT_CHECK_MS;
+    int done = wait_job(c, job, 0, &chunk, &cl, &st, &next_check);
+    if (done < 0) { /* the client left: nobody to answer */
+        km_job_release(job);
+        gen_req_free(&g);
+        return MHD_NO;
+    }
     if (done && st.finish == KM_FINISH_ERROR) {
         free(chunk);
         km_job_release(job);
         gen_req_free(&g);
+        if (st.too_long)
+            return send_error_code(a, c, ep, MHD_HTTP_BAD_REQUEST, "invalid_request_error", chat ? "messages" : "prompt",
+                                   "context_length_exceeded", -1, st.error);
         return st.bad_request ? send_error(a, c, ep, MHD_HTTP_BAD_REQUEST, "invalid_request_error", NULL, "%s", st.error)
                               : send_error(a, c, ep, MHD_HTTP_INTERNAL_SERVER_ERROR, "server_error", NULL, "%s", st.error);
     }
@@ -757,10 +872,16 @@ static enum MHD_Result handle_generate(km_api *a, struct MHD_Connection *c, conn
     }
     if (!g.stream) {
         size_t seen = cl;
-        while (!done) { /* collect the rest */
+        while (done == 0) { /* collect the rest */
             char *more;
             size_t ml;
-            done = km_job_wait(job, seen, -1, &more, &ml, &st);
+            done = wait_job(c, job, seen, &more, &ml, &st, &next_check);
+            if (done < 0) { /* the client left */
+                free(chunk);
+                km_job_release(job);
+                gen_req_free(&g);
+                return MHD_NO;
+            }
             if (ml) {
                 char *grown = realloc(chunk, seen + ml + 1);
                 if (grown) {
@@ -782,7 +903,7 @@ static enum MHD_Result handle_generate(km_api *a, struct MHD_Connection *c, conn
             km_node_observe_estimate(a->node, "local", g.est_ms, st.queue_ms + st.result.ttft_ms);
             count_request(a, ep, MHD_HTTP_OK);
             json_t *j = response_json(a, &g, id, created, chunk, seen, &st);
-            r = fwd_auth ? send_json_signed(c, km_mesh_auth(mesh), fwd_auth, j) : send_json(c, MHD_HTTP_OK, j, NULL);
+            r = fwd_auth ? send_json_signed(c, km_mesh_auth(mesh), fwd_auth, j) : send_json(c, MHD_HTTP_OK, j, -1);
         }
         free(chunk);
         gen_req_free(&g);
@@ -835,7 +956,7 @@ static enum MHD_Result handle_models(km_api *a, struct MHD_Connection *c) {
     count_request(a, "models", MHD_HTTP_OK);
     json_t *m = json_pack("{s:s,s:[{s:s,s:s,s:I,s:s}]}", "object", "list", "data", "id", km_node_model_name(a->node),
                           "object", "model", "created", (json_int_t)0, "owned_by", "kvmesh");
-    return send_json(c, MHD_HTTP_OK, m, NULL);
+    return send_json(c, MHD_HTTP_OK, m, -1);
 }
 
 static enum MHD_Result handle_health(km_api *a, struct MHD_Connection *c) {
@@ -865,7 +986,7 @@ static enum MHD_Result handle_health(km_api *a, struct MHD_Connection *c) {
         json_object_set_new(h, "mesh", json_string("disabled"));
         json_object_set_new(h, "mesh_disabled", json_string(a->mesh_off));
     }
-    return send_json(c, status, h, NULL);
+    return send_json(c, status, h, -1);
 }
 
 static enum MHD_Result handle_metrics(km_api *a, struct MHD_Connection *c) {
@@ -876,7 +997,7 @@ static enum MHD_Result handle_metrics(km_api *a, struct MHD_Connection *c) {
     km_error err;
     if (km_metrics_render(a->metrics, &text, &len, &err) != 0)
         return send_error(a, c, "metrics", MHD_HTTP_INTERNAL_SERVER_ERROR, "server_error", NULL, "%s", err.msg);
-    return send_bytes(c, MHD_HTTP_OK, "text/plain; version=0.0.4", text, len, NULL);
+    return send_bytes(c, MHD_HTTP_OK, "text/plain; version=0.0.4", text, len, -1);
 }
 
 static enum MHD_Result handle_peer(km_api *a, struct MHD_Connection *c, conn *cn, const char *method, const char *url) {
@@ -885,11 +1006,11 @@ static enum MHD_Result handle_peer(km_api *a, struct MHD_Connection *c, conn *cn
         count_request(a, "peer", MHD_HTTP_FORBIDDEN);
         char msg[600];
         int n = snprintf(msg, sizeof msg, "mesh disabled: %.500s\n", a->mesh_off);
-        return send_bytes(c, MHD_HTTP_FORBIDDEN, "text/plain", strndup(msg, (size_t)n), (size_t)n, NULL);
+        return send_bytes(c, MHD_HTTP_FORBIDDEN, "text/plain", strndup(msg, (size_t)n), (size_t)n, -1);
     }
     if (!mesh) {
         count_request(a, "peer", MHD_HTTP_SERVICE_UNAVAILABLE);
-        return send_bytes(c, MHD_HTTP_SERVICE_UNAVAILABLE, "text/plain", strdup("no mesh"), 7, "1");
+        return send_bytes(c, MHD_HTTP_SERVICE_UNAVAILABLE, "text/plain", strdup("no mesh"), 7, 1000);
     }
     const char *auth = MHD_lookup_connection_value(c, MHD_HEADER_KIND, KM_PEERAUTH_HEADER);
     int status;
@@ -919,6 +1040,97 @@ static bool authorized(km_api *a, struct MHD_Connection *c) {
     return h && strncmp(h, "Bearer ", 7) == 0 && consttime_equal(h + 7, a->api_key);
 }
 
+/* ------------------------------------------------------------ connections
+ *
+ * libmicrohttpd's idle timeout restarts with every byte, so a client sending
+ * a byte now and then holds a connection (and its thread) for as long as it
+ * likes. The watchdog closes every connection still receiving its request
+ * request_timeout_s after it started: shutdown() wakes the connection's
+ * thread, which sees the end of the stream and closes. The socket stays open
+ * until libmicrohttpd has told on_connection it closed (and the list lock
+ * orders the two), so the fd shut is never another connection's. */
+
+/* Mark the connection's request whole (handling) or done. Found by its
+ * socket, unique among open connections (libmicrohttpd's socket-context info
+ * is documented ambiguously across versions: pointer or its address). */
+static void sock_set(km_api *a, struct MHD_Connection *c, bool handling) {
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (!ci) return;
+    pthread_mutex_lock(&a->socks_lock);
+    for (sock *k = a->socks; k; k = k->next)
+        if (k->fd == ci->connect_fd) {
+            k->handling = handling;
+            k->since = km_now_ms();
+            break;
+        }
+    pthread_mutex_unlock(&a->socks_lock);
+}
+
+static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
+                          enum MHD_ConnectionNotificationCode toe) {
+    km_api *a = cls;
+    sock *k = *socket_context;
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+        if (!ci || !(k = calloc(1, sizeof *k))) return; /* untracked: the idle timeout still applies */
+        k->fd = ci->connect_fd;
+        k->since = km_now_ms();
+        pthread_mutex_lock(&a->socks_lock);
+        k->next = a->socks;
+        if (a->socks) a->socks->prev = k;
+        a->socks = k;
+        pthread_mutex_unlock(&a->socks_lock);
+        *socket_context = k;
+    } else if (k) { /* closed */
+        pthread_mutex_lock(&a->socks_lock);
+        if (k->prev) k->prev->next = k->next;
+        else a->socks = k->next;
+        if (k->next) k->next->prev = k->prev;
+        pthread_mutex_unlock(&a->socks_lock);
+        free(k);
+        *socket_context = NULL;
+    }
+}
+
+static void *watchdog_main(void *arg) {
+    km_api *a = arg;
+    double limit = a->p.request_timeout_s * 1000.0;
+    pthread_mutex_lock(&a->socks_lock);
+    while (!a->wd_stop) {
+        double now = km_now_ms();
+        for (sock *k = a->socks; k; k = k->next)
+            if (!k->handling && !k->shut && now - k->since > limit) {
+                shutdown(k->fd, SHUT_RDWR);
+                k->shut = true; /* once */
+                if (a->timeouts) km_counter_inc(a->timeouts);
+            }
+        km_cond_wait_ms(&a->wd_wake, &a->socks_lock, WATCHDOG_MS);
+    }
+    pthread_mutex_unlock(&a->socks_lock);
+    return NULL;
+}
+
+/* libmicrohttpd's messages are about clients (closed connections, malformed
+ * requests): debug level, or slow or broken clients would flood the log. */
+static void mhd_log(void *cls, const char *fmt, va_list ap) {
+    (void)cls;
+    if (km_log_level < 2) return;
+    char msg[512];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    msg[strcspn(msg, "\n")] = '\0';
+    km_debug("http: %s", msg);
+}
+
+/* A request that says a peer forwarded it carries no client credential: with
+ * a mesh secret, handle_generate takes it on the mesh's signature alone (and
+ * refuses it without one), so the API key is not asked for. */
+static bool forwarded_by_peer(km_api *a, struct MHD_Connection *c, const char *method, const char *url) {
+    km_mesh *mesh = atomic_load(&a->mesh);
+    return strcmp(method, MHD_HTTP_METHOD_POST) == 0 && MHD_lookup_connection_value(c, MHD_HEADER_KIND, HOPS_HEADER) &&
+           mesh && km_mesh_auth(mesh) &&
+           (strcmp(url, "/v1/completions") == 0 || strcmp(url, "/v1/chat/completions") == 0);
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url, const char *method,
                                   const char *version, const char *upload, size_t *upload_size, void **con_cls) {
     km_api *a = cls;
@@ -927,6 +1139,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         cn = calloc(1, sizeof *cn);
         if (!cn) return MHD_NO;
         *con_cls = cn;
+        /* without the key, not even the body is read (nor kept in memory) */
+        if (strncmp(url, "/v1/", 4) == 0 && !forwarded_by_peer(a, c, method, url) && !authorized(a, c)) {
+            sock_set(a, c, true);
+            return send_error(a, c, "auth", MHD_HTTP_UNAUTHORIZED, "invalid_request_error", NULL,
+                              "missing or wrong API key (Authorization: Bearer <key>)");
+        }
         return MHD_YES;
     }
     if (*upload_size) { /* body data, possibly in several calls */
@@ -947,16 +1165,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         *upload_size = 0;
         return MHD_YES;
     }
+    sock_set(a, c, true); /* the request is whole: no deadline while it is served */
     bool post = strcmp(method, MHD_HTTP_METHOD_POST) == 0, get = strcmp(method, MHD_HTTP_METHOD_GET) == 0;
-    bool v1 = strncmp(url, "/v1/", 4) == 0;
-    /* A request forwarded by a peer carries no client credential: with a
-     * mesh secret, handle_generate takes it on the mesh's signature alone. */
-    km_mesh *mesh = atomic_load(&a->mesh);
-    bool forwarded = post && MHD_lookup_connection_value(c, MHD_HEADER_KIND, HOPS_HEADER) && mesh && km_mesh_auth(mesh) &&
-                     (strcmp(url, "/v1/completions") == 0 || strcmp(url, "/v1/chat/completions") == 0);
-    if (v1 && !forwarded && !authorized(a, c))
-        return send_error(a, c, "auth", MHD_HTTP_UNAUTHORIZED, "invalid_request_error", NULL,
-                          "missing or wrong API key (Authorization: Bearer <key>)");
     if (cn->too_large)
         return send_error(a, c, "body", MHD_HTTP_CONTENT_TOO_LARGE, "invalid_request_error", NULL,
                           "request body over %zu bytes", a->p.max_body);
@@ -974,6 +1184,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 }
 
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode toe) {
+    sock_set(cls, c, false); /* a next request on this connection has its own deadline */
     conn *cn = *con_cls;
     if (!cn) return;
     free(cn->body);
@@ -1003,14 +1214,28 @@ km_api *km_api_start(const km_api_params *p, km_node *node, km_metrics *metrics,
     a->p.api_key = NULL;
     a->p.mesh_off = NULL;
     a->p.listen = NULL;
-    unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG;
+    pthread_mutex_init(&a->socks_lock, NULL);
+    pthread_cond_init(&a->wd_wake, NULL);
+    if (metrics)
+        a->timeouts = km_metrics_counter(metrics, "kvmesh_http_request_timeouts_total",
+                                         "Connections closed for not sending a whole request within --request-timeout",
+                                         NULL);
+    /* poll, not select: select cannot watch descriptors past 1024 */
+    unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_USE_ERROR_LOG;
     if (ai->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
-    a->d = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, on_request, a, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
-                            MHD_OPTION_NOTIFY_COMPLETED, on_completed, a, MHD_OPTION_CONNECTION_LIMIT,
-                            (unsigned)p->max_connections, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)p->timeout_s,
-                            MHD_OPTION_END);
+    a->d = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, on_request, a, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
+                            MHD_OPTION_SOCK_ADDR, ai->ai_addr,
+                            MHD_OPTION_NOTIFY_COMPLETED, on_completed, a, MHD_OPTION_NOTIFY_CONNECTION, on_connection, a,
+                            MHD_OPTION_CONNECTION_LIMIT, (unsigned)p->max_connections,
+                            MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)p->max_connections_per_ip,
+                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)p->timeout_s, MHD_OPTION_THREAD_STACK_SIZE,
+                            THREAD_STACK_BYTES, MHD_OPTION_END);
     freeaddrinfo(ai);
-    if (!a->d) {
+    if (a->d && pthread_create(&a->watchdog, NULL, watchdog_main, a) == 0) a->wd_started = true;
+    if (!a->wd_started) {
+        if (a->d) MHD_stop_daemon(a->d);
+        pthread_mutex_destroy(&a->socks_lock);
+        pthread_cond_destroy(&a->wd_wake);
         free(a->api_key);
         free(a->mesh_off);
         free(a);
@@ -1027,7 +1252,25 @@ void km_api_set_mesh(km_api *a, km_mesh *mesh) { atomic_store(&a->mesh, mesh); }
 
 void km_api_stop(km_api *a) {
     if (!a) return;
-    MHD_stop_daemon(a->d);
+    /* Answers being written go out before the connections are closed (their
+     * jobs are done when the node was shut down first); a client that does
+     * not read its answer holds this up for STOP_GRACE_MS at most. */
+    double until = km_now_ms() + STOP_GRACE_MS;
+    pthread_mutex_lock(&a->socks_lock);
+    for (bool busy = true; busy && km_now_ms() < until;) {
+        busy = false;
+        for (sock *k = a->socks; k && !busy; k = k->next) busy = k->handling && !k->shut;
+        if (busy) km_cond_wait_ms(&a->wd_wake, &a->socks_lock, 10);
+    }
+    pthread_mutex_unlock(&a->socks_lock);
+    MHD_stop_daemon(a->d); /* every connection closed: the list is empty */
+    pthread_mutex_lock(&a->socks_lock);
+    a->wd_stop = true;
+    pthread_cond_signal(&a->wd_wake);
+    pthread_mutex_unlock(&a->socks_lock);
+    pthread_join(a->watchdog, NULL);
+    pthread_mutex_destroy(&a->socks_lock);
+    pthread_cond_destroy(&a->wd_wake);
     free(a->api_key);
     free(a->mesh_off);
     free(a);

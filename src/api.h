@@ -17,9 +17,15 @@
  * the prompt), so that e.g. instruction and few-shot examples are cached as
  * prefixes of their own. docs/api.md has the details.
  *
- * One thread per connection (bounded by max_connections): a connection
- * blocks on its job while the node's workers compute, which keeps streaming
- * simple. Bodies are bounded (max_body) and parsed strictly. */
+ * One thread per connection (bounded by max_connections, and per client
+ * address by max_connections_per_ip): a connection blocks on its job while
+ * the node's workers compute, which keeps streaming simple; a client that
+ * leaves cancels its request. A request must arrive whole -- head and body,
+ * from the connection's start or the end of its previous answer -- within
+ * request_timeout_s, else the connection is closed (slow senders cannot
+ * hold connections). Bodies are bounded (max_body) and parsed strictly.
+ * Refusals for load (503) carry Retry-After (s) and retry-after-ms: when
+ * the node expects to have room (km_node_retry_after_ms). */
 #ifndef KVMESH_API_H
 #define KVMESH_API_H
 
@@ -35,8 +41,10 @@ typedef struct km_api_params {
     const char *listen;     /* host:port (port 0: any free port) */
     const char *api_key;    /* required as "Authorization: Bearer <key>" on /v1/ (NULL: none) */
     size_t max_body;        /* bytes of a request body (default 4 MiB) */
-    int max_connections;    /* at once (default 64) */
-    int timeout_s;          /* idle connection timeout (default 300) */
+    int max_connections;    /* at once (default 1024) */
+    int max_connections_per_ip; /* at once from one client address (default 256; 0 = no limit) */
+    int request_timeout_s;  /* to receive a whole request, head and body (default 10) */
+    int timeout_s;          /* idle connection timeout, e.g. a client not reading its answer (default 300) */
     const char *mesh_off;   /* why the node runs without a mesh: /peer/ answers 403 with it,
                                /health shows it (NULL: a mesh is set with km_api_set_mesh) */
 } km_api_params;
@@ -52,7 +60,8 @@ struct km_mesh;
 void km_api_set_mesh(km_api *a, struct km_mesh *mesh);
 /* Refuse new requests (/health says 503); running ones go on. */
 void km_api_drain(km_api *a);
-/* Close the listening socket and every connection, free. */
+/* Close the listening socket and every connection, once the answers being
+ * written have gone out (5 s at most; shut the node down first), free. */
 void km_api_stop(km_api *a);
 /* The port actually bound. */
 int km_api_port(const km_api *a);

@@ -38,6 +38,7 @@ void km_engine_init(void) { pthread_once(&engine_once, engine_init_once); }
 struct km_model {
     struct llama_model *lm;
     const struct llama_vocab *vocab;
+    int max_piece_len; /* km_model_max_piece_len */
     char *path;
     uint8_t fingerprint[KM_FINGERPRINT_LEN];
 };
@@ -77,6 +78,22 @@ int km_file_fingerprint(const char *path, uint8_t out[KM_FINGERPRINT_LEN], km_er
     return 0;
 }
 
+/* The longest text of a token, special tokens' text included. Only for the
+ * tokenizers whose tokens are pieces of the text as given (SentencePiece
+ * BPE, byte-level BPE, RWKV's greedy trie); 0 for the others. */
+static int max_piece_len(const struct llama_vocab *vocab) {
+    enum llama_vocab_type t = llama_vocab_type(vocab);
+    if (t != LLAMA_VOCAB_TYPE_SPM && t != LLAMA_VOCAB_TYPE_BPE && t != LLAMA_VOCAB_TYPE_RWKV) return 0;
+    int n_vocab = llama_vocab_n_tokens(vocab), longest = 0;
+    char buf[256];
+    for (int32_t tok = 0; tok < n_vocab; tok++) {
+        int n = llama_token_to_piece(vocab, tok, buf, sizeof buf, 0, true);
+        if (n < 0) n = -n; /* longer than buf: its length */
+        if (n > longest) longest = n;
+    }
+    return longest;
+}
+
 km_model *km_model_load(const char *path, km_error *err) {
     km_engine_init();
     if (access(path, R_OK) != 0) {
@@ -95,6 +112,7 @@ km_model *km_model_load(const char *path, km_error *err) {
         goto fail;
     }
     m->vocab = llama_model_get_vocab(m->lm);
+    m->max_piece_len = max_piece_len(m->vocab);
     return m;
 fail:
     km_model_free(m);
@@ -112,6 +130,7 @@ const uint8_t *km_model_fingerprint(const km_model *m) { return m->fingerprint; 
 const char *km_model_path(const km_model *m) { return m->path; }
 struct llama_model *km_model_llama(km_model *m) { return m->lm; }
 int km_model_n_vocab(const km_model *m) { return llama_vocab_n_tokens(m->vocab); }
+int km_model_max_piece_len(const km_model *m) { return m->max_piece_len; }
 int km_model_n_swa(const km_model *m) { return llama_model_n_swa(m->lm); }
 
 void km_model_describe(const km_model *m, char *buf, size_t len) {

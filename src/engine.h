@@ -65,6 +65,11 @@ void km_model_describe(const km_model *m, char *buf, size_t len);
 enum { KM_TOKENIZE_BOS = 1u, KM_TOKENIZE_SPECIAL = 2u };
 int km_tokenize(const km_model *m, const char *text, size_t len, unsigned flags, int32_t **out, int *n_out,
                 km_error *err);
+/* The most text bytes one token stands for (the longest piece, special
+ * tokens' text included), so a text of n bytes is at least n / this many
+ * tokens; 0 when no such bound holds (WordPiece and Unigram tokenizers
+ * normalize text, e.g. collapse whitespace). Computed once at load. */
+int km_model_max_piece_len(const km_model *m);
 /* Text of one token into buf (NUL-terminated, truncated to len); returns its length. */
 int km_token_piece(const km_model *m, int32_t token, char *buf, int len);
 bool km_token_is_eog(const km_model *m, int32_t token);

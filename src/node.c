@@ -42,10 +42,11 @@ struct km_job {
     bool stopped; /* a stop string matched */
     int n_prompt, n_generated;
     km_result result;
-    bool bad_request;
+    bool bad_request, too_long;
     char error[512]; /* as km_error */
     double t_submit, queue_ms;
     km_model *model;
+    km_node *node;
     struct km_job *next; /* queue link, under the node mutex */
     /* the plan at submit, for the backlog and for prefixes in flight (under
      * the node mutex once queued) */
@@ -96,6 +97,7 @@ struct km_node {
     double first_extra_ms;     /* EWMA of the time to the first token beyond prefill (lookup, restore, a step) */
     double tail_ms;            /* EWMA of the time after the first token (the rest of the answer) */
     int n_served;              /* jobs behind these EWMAs */
+    double retry_turn;         /* the latest time a refused request was told to come back */
     km_histogram *est_ratio_local, *est_ratio_forward;
 
     /* the mesh's peers, for requests (src_users: requests holding remotes) */
@@ -118,6 +120,7 @@ km_node_params km_node_default_params(void) {
     memset(&p, 0, sizeof p);
     p.n_parallel = 1;
     p.queue_max = 16;
+    p.max_wait_ms = 30000;
     p.ctx = km_ctx_default_params();
     p.store = km_store_default_params();
     p.block_size = 256;
@@ -161,10 +164,30 @@ void km_job_release(km_job *j) {
     if (last) job_free(j);
 }
 
+static void job_finish(km_job *j, km_finish f, const char *error, bool bad_request);
+
 void km_job_cancel(km_job *j) {
     pthread_mutex_lock(&j->lock);
     j->cancel = true;
     pthread_mutex_unlock(&j->lock);
+    /* a queued job leaves the queue at once: its place and its share of the
+     * backlog (the wait estimates, admission) go to the others */
+    km_node *n = j->node;
+    km_job *prev = NULL, *q;
+    pthread_mutex_lock(&n->lock);
+    for (q = n->qhead; q && q != j; q = q->next) prev = q;
+    if (q) {
+        if (prev) prev->next = j->next;
+        else n->qhead = j->next;
+        if (n->qtail == j) n->qtail = prev;
+        j->next = NULL;
+        n->queued--;
+    }
+    pthread_mutex_unlock(&n->lock);
+    if (!q) return; /* running (it stops at its next token), or done */
+    job_finish(j, KM_FINISH_CANCELLED, "cancelled by the client", false);
+    if (n->m.cancelled) km_counter_inc(n->m.cancelled);
+    km_job_release(j); /* the queue's reference */
 }
 
 static void job_finish(km_job *j, km_finish f, const char *error, bool bad_request) {
@@ -212,6 +235,7 @@ int km_job_wait(km_job *j, size_t seen, int timeout_ms, char **chunk, size_t *ch
         st->queue_ms = j->queue_ms;
         st->result = j->result;
         st->bad_request = j->bad_request;
+        st->too_long = j->too_long;
         snprintf(st->error, sizeof st->error, "%s", j->error);
     }
     int done = j->finish != KM_FINISH_RUNNING && seen + *chunk_len >= j->safe;
@@ -358,6 +382,7 @@ km_job *km_node_submit(km_node *n, const km_job_spec *spec, bool *busy, km_error
     pthread_cond_init(&j->changed, NULL);
     j->refs = 2;
     j->model = n->model;
+    j->node = n;
     j->segs = calloc((size_t)spec->n_segs, sizeof *j->segs);
     bool oom = !j->segs;
     for (int i = 0; !oom && i < spec->n_segs; i++) oom = !(j->segs[i] = strdup(spec->segs[i]));
@@ -388,15 +413,21 @@ km_job *km_node_submit(km_node *n, const km_job_spec *spec, bool *busy, km_error
     j->t_submit = km_now_ms();
 
     pthread_mutex_lock(&n->lock);
-    /* room: an idle context, or a place in the waiting line */
-    if (n->stopping || n->queued + n->running >= n->p.n_parallel + n->p.queue_max) {
-        bool stopping = n->stopping;
+    /* room: an idle context, or a place in the waiting line that is not
+     * longer than max_wait_ms (by the work ahead, not the count) */
+    bool idle = n->queued == 0 && n->running < n->p.n_parallel;
+    double wait_ms = idle ? 0 : backlog_locked(n, km_now_ms()) / n->p.n_parallel;
+    if (n->stopping || n->queued + n->running >= n->p.n_parallel + n->p.queue_max ||
+        (n->p.max_wait_ms > 0 && wait_ms > n->p.max_wait_ms)) {
+        bool stopping = n->stopping, full = n->queued + n->running >= n->p.n_parallel + n->p.queue_max;
         pthread_mutex_unlock(&n->lock);
         job_free(j);
         if (n->m.refused) km_counter_inc(n->m.refused);
         *busy = true;
-        return km_error_set(err, stopping ? "the node is shutting down" : "the queue is full (%d waiting)",
-                            n->p.queue_max),
+        if (stopping) return km_error_set(err, "the node is shutting down"), NULL;
+        if (full) return km_error_set(err, "the queue is full (%d waiting)", n->p.queue_max), NULL;
+        return km_error_set(err, "the estimated wait for a context is %.1f s, over this node's limit of %.1f s",
+                            wait_ms / 1000, n->p.max_wait_ms / 1000.0),
                NULL;
     }
     /* what it will reuse: a stored prefix, or a longer one a job ahead computes */
@@ -410,6 +441,18 @@ km_job *km_node_submit(km_node *n, const km_job_spec *spec, bool *busy, km_error
     pthread_cond_signal(&n->work);
     pthread_mutex_unlock(&n->lock);
     return j;
+}
+
+double km_node_retry_after_ms(km_node *n) {
+    pthread_mutex_lock(&n->lock);
+    double now = km_now_ms();
+    double turn = (n->n_served > 0 ? n->service_ms : 1000) / n->p.n_parallel;
+    double at = now + backlog_locked(n, now) / n->p.n_parallel;
+    if (at < n->retry_turn + turn) at = n->retry_turn + turn;
+    if (at < now + turn) at = now + turn;
+    n->retry_turn = at;
+    pthread_mutex_unlock(&n->lock);
+    return at - now;
 }
 
 /* ---------------------------------------------------------------- workers */
@@ -458,6 +501,9 @@ static void run_job(worker *w, km_job *j) {
     }
     if (n_tok >= n_ctx) {
         snprintf(err.msg, sizeof err.msg, "the prompt is %d tokens; this node's context holds %d", n_tok, n_ctx);
+        pthread_mutex_lock(&j->lock);
+        j->too_long = true;
+        pthread_mutex_unlock(&j->lock);
         job_finish(j, KM_FINISH_ERROR, err.msg, true);
         return;
     }
@@ -540,8 +586,10 @@ static void *worker_main(void *arg) {
         pthread_mutex_unlock(&j->lock);
         if (n->m.queue_wait) km_histogram_observe(n->m.queue_wait, j->queue_ms / 1000.0);
         if (stopping) job_finish(j, KM_FINISH_CANCELLED, "the node is shutting down", false);
-        else if (cancelled) job_finish(j, KM_FINISH_CANCELLED, "cancelled by the client", false);
-        else run_job(w, j);
+        else if (cancelled) { /* its client left while it waited */
+            job_finish(j, KM_FINISH_CANCELLED, "cancelled by the client", false);
+            if (n->m.cancelled) km_counter_inc(n->m.cancelled);
+        } else run_job(w, j);
 
         pthread_mutex_lock(&n->lock);
         w->current = NULL; /* before the release: others read it under the mutex */
@@ -588,9 +636,24 @@ static void *housekeeper_main(void *arg) {
     return NULL;
 }
 
+int km_node_check_length(km_node *n, const char *const *segs, int n_segs, km_error *err) {
+    int piece = km_model_max_piece_len(n->model), n_ctx = km_ctx_params_of(n->workers[0].ctx)->n_ctx;
+    if (piece <= 0) return 0;
+    size_t bytes = 0;
+    for (int i = 0; i < n_segs; i++) bytes += strlen(segs[i]);
+    size_t min_tokens = (bytes + (size_t)piece - 1) / (size_t)piece;
+    if (min_tokens >= (size_t)n_ctx)
+        return km_error_set(err,
+                            "the prompt is %zu bytes, at least %zu tokens (a token is at most %d bytes); this node's "
+                            "context holds %d",
+                            bytes, min_tokens, piece, n_ctx);
+    return 0;
+}
+
 int km_node_plan(km_node *n, const char *const *segs, int n_segs, bool special, km_prompt_plan *out, km_error *err) {
     memset(out, 0, sizeof *out);
     out->local_hit = -1;
+    if (km_node_check_length(n, segs, n_segs, err) != 0) return -1;
     int32_t *toks;
     int *ends;
     if (km_tokenize_segments(n->model, segs, n_segs, special, &toks, &out->n_tokens, &ends, err) != 0) return -1;

@@ -1,6 +1,7 @@
 /* node.h -- a serving node: one model, a bounded queue, N contexts at work.
  *
- *   submit -> queue (bounded: full = refused, the caller answers 503) ->
+ *   submit -> queue (bounded by count and by the estimated wait: refused,
+ *   the caller answers 503 with km_node_retry_after_ms) ->
  *   one of n_parallel workers, each with its own llama context and planner ->
  *   km_pcache_run (local store, Redis tier, peers) -> tokens -> the job
  *
@@ -47,6 +48,8 @@ typedef struct km_node_params {
     const char *model_path;
     int n_parallel;         /* requests computed at once, one context each (default 1) */
     int queue_max;          /* requests waiting for a context; beyond: refused (default 16) */
+    int max_wait_ms;        /* refuse a request whose estimated wait for a context is longer
+                               (default 30000; 0 = no limit) */
     km_ctx_params ctx;      /* per context: n_ctx, threads, KV type, slowdown */
     km_store_params store;  /* local tiers (disk_dir = --cache-dir) */
     const char *store_url;  /* Redis tier (NULL: none) */
@@ -108,19 +111,33 @@ typedef struct km_job_status {
     double queue_ms;     /* submit -> a worker took it */
     km_result result;    /* valid once finished (timings count from the worker's start) */
     bool bad_request;    /* an error caused by the request itself (e.g. too long) */
+    bool too_long;       /* that error: the prompt does not fit the context */
     char error[512]; /* as km_error */
 } km_job_status;
 
-/* Queue a request. NULL with err set when the queue is full (*busy = true:
- * answer 503 and retry later) or the spec is invalid (*busy = false). The
- * job is owned by the caller: km_job_release it when done. */
+/* Queue a request. NULL with err set when the node has no room for it --
+ * the queue is full, or the estimated wait for a context is over max_wait_ms
+ * -- (*busy = true: answer 503, see km_node_retry_after_ms) or the spec is
+ * invalid (*busy = false). The job is owned by the caller: km_job_release it
+ * when done. */
 km_job *km_node_submit(km_node *n, const km_job_spec *spec, bool *busy, km_error *err);
+/* When a refused request should come back, in ms from now: once the work
+ * ahead is done (the backlog over the contexts), and one request's turn (the
+ * mean service time over the contexts; 1 s until measured) after the
+ * requests refused before it, so that a burst's retries arrive at the pace
+ * the node serves them. Books that turn: call once per refusal. */
+double km_node_retry_after_ms(km_node *n);
+/* Fail, without tokenizing, when the text of segs cannot fit the context
+ * whatever it tokenizes to: n bytes are at least n / km_model_max_piece_len
+ * tokens. km_node_plan (and so km_node_submit) checks this first. */
+int km_node_check_length(km_node *n, const char *const *segs, int n_segs, km_error *err);
 
 /* Wait (at most timeout_ms; < 0 forever) until text past `seen` bytes is
  * final or the job has finished; *chunk (malloc'd, may be NULL) gets that
  * text. Returns 1 when finished and everything was handed out, 0 otherwise. */
 int km_job_wait(km_job *j, size_t seen, int timeout_ms, char **chunk, size_t *chunk_len, km_job_status *st);
-/* Stop the job at the next token (client went away); it finishes as cancelled. */
+/* Stop the job at the next token (client went away), or take it out of the
+ * queue at once if it waits there; it finishes as cancelled. */
 void km_job_cancel(km_job *j);
 void km_job_release(km_job *j);
 

@@ -4,8 +4,14 @@
  * not; the second time its state comes from the cache (timings say so). */
 #include "testutil.h"
 
+#include <arpa/inet.h>
 #include <curl/curl.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
+#include <math.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -13,8 +19,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 /* ------------------------------------------------------------ a node */
@@ -46,12 +54,37 @@ static resp http(const node_proc *n, const char *method, const char *path, const
     return tu_http(n->url, method, path, body, h);
 }
 
+/* A raw connection to the node sending req (NULL: nothing); the socket, or -1. */
+static int raw_connect(const node_proc *n, const char *req) {
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)n->port)};
+    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+        close(fd);
+        return -1;
+    }
+    if (req) send(fd, req, strlen(req), MSG_NOSIGNAL);
+    return fd;
+}
+
+/* The first bytes of the node's answer on fd (0: closed without one). */
+static ssize_t raw_answer(int fd, char *buf, size_t cap) {
+    struct timeval tv = {.tv_sec = 5};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    ssize_t r = recv(fd, buf, cap - 1, 0);
+    buf[r > 0 ? r : 0] = '\0';
+    return r;
+}
+
 static json_t *parse(const resp *r) {
     json_error_t e;
     json_t *j = json_loads(r->body, 0, &e);
     if (!j) fail_msg("response is not JSON (%s): %.200s", e.text, r->body);
     return j;
 }
+
+/* Whether v is the JSON string s. */
+static bool is_text(const json_t *v, const char *s) { return json_is_string(v) && strcmp(json_string_value(v), s) == 0; }
 
 /* The error object of an OpenAI-style error response. */
 static void expect_error(const resp *r, long status, const char *type, const char *msg_part) {
@@ -318,6 +351,14 @@ static void test_bad_requests(void **state) {
     r = http(&N, "POST", "/v1/completions", "[1,2]", NULL);
     expect_error(&r, 400, "invalid_request_error", "JSON object");
     free(r.body);
+    /* nested past jansson's depth limit: a 400, not a connection thread out of stack */
+    char deep[2 * 2100 + 1];
+    memset(deep, '[', 2100);
+    memset(deep + 2100, ']', 2100);
+    deep[4200] = '\0';
+    r = http(&N, "POST", "/v1/completions", deep, NULL);
+    expect_error(&r, 400, "invalid_request_error", "maximum parsing depth");
+    free(r.body);
     r = http(&N, "POST", "/v1/completions", "{\"max_tokens\":3}", NULL);
     expect_error(&r, 400, "invalid_request_error", "'prompt' is required");
     free(r.body);
@@ -326,6 +367,27 @@ static void test_bad_requests(void **state) {
     free(r.body);
     r = http(&N, "POST", "/v1/completions", "{\"prompt\":\"x\",\"n\":2}", NULL);
     expect_error(&r, 400, "invalid_request_error", "n = 1");
+    free(r.body);
+    /* counts are whole numbers: 2.7 is an error, not 2 */
+    static const char *const counts[] = {"max_tokens", "max_completion_tokens", "top_k", "seed"};
+    for (int i = 0; i < 4; i++) {
+        char b[128];
+        snprintf(b, sizeof b, "{\"prompt\":\"x\",\"%s\":2.7}", counts[i]);
+        r = http(&N, "POST", "/v1/completions", b, NULL);
+        expect_error(&r, 400, "invalid_request_error", "must be an integer");
+        json_t *j = parse(&r);
+        assert_string_equal(json_string_value(json_object_get(json_object_get(j, "error"), "param")), counts[i]);
+        json_decref(j);
+        free(r.body);
+    }
+    r = http(&N, "POST", "/v1/completions", "{\"prompt\":\"x\",\"n\":1.5}", NULL);
+    expect_error(&r, 400, "invalid_request_error", "n = 1");
+    free(r.body);
+    r = http(&N, "POST", "/v1/completions", "{\"prompt\":\"x\",\"max_tokens\":2.0,\"temperature\":0}", NULL);
+    assert_int_equal(r.status, 200); /* 2.0 is 2 */
+    json_t *j2 = parse(&r);
+    assert_true(json_integer_value(json_object_get(json_object_get(j2, "usage"), "completion_tokens")) <= 2);
+    json_decref(j2);
     free(r.body);
     r = http(&N, "POST", "/v1/completions", "{\"prompt\":[\"a\",\"b\"]}", NULL);
     expect_error(&r, 400, "invalid_request_error", "exactly one");
@@ -353,6 +415,9 @@ static void test_bad_requests(void **state) {
     strcat(body, "\"}");
     r = http(&N, "POST", "/v1/completions", body, NULL);
     expect_error(&r, 400, "invalid_request_error", "context");
+    json_t *je = parse(&r);
+    assert_true(is_text(json_object_get(json_object_get(je, "error"), "code"), "context_length_exceeded"));
+    json_decref(je);
     free(r.body);
     free(body);
     /* the node still serves */
@@ -426,6 +491,13 @@ static void test_api_key(void **state) {
     r = http(&n, "GET", "/health", NULL, NULL); /* health and metrics stay open */
     assert_int_equal(r.status, 200);
     free(r.body);
+    /* without the key the body is not even read: 401 right after the head */
+    int fd = raw_connect(&n, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                             "Content-Length: 3000000\r\n\r\n{\"prompt\":\"");
+    char buf[512];
+    assert_true(raw_answer(fd, buf, sizeof buf) > 0);
+    assert_memory_equal(buf, "HTTP/1.1 401", 12);
+    close(fd);
     assert_int_equal(node_stop(&n), 0);
     tu_rmtree(dir);
     free(dir);
@@ -665,6 +737,328 @@ static void test_client_disconnect(void **state) {
     assert_int_equal(node_stop(&n), 0);
 }
 
+static double now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+/* A counter or gauge of /metrics (series with its labels, e.g.
+ * "kvmesh_requests_total{result=\"cancelled\"}"); 0 if absent. */
+static double metric(const node_proc *n, const char *series) {
+    resp m = http(n, "GET", "/metrics", NULL, NULL);
+    char key[256];
+    snprintf(key, sizeof key, "\n%s ", series);
+    const char *p = strstr(m.body, key);
+    double v = p ? atof(p + strlen(key)) : 0;
+    free(m.body);
+    return v;
+}
+
+/* Slowloris: connections that send their request a byte at a time. */
+#define SLOW_CONNS 100
+typedef struct slow_conns {
+    int port;
+    double t_open[SLOW_CONNS], t_closed[SLOW_CONNS]; /* ms; t_closed 0: never closed by the server */
+    int n_open;
+} slow_conns;
+
+static void *slow_senders(void *arg) {
+    slow_conns *s = arg;
+    int fds[SLOW_CONNS];
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)s->port)};
+    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+    for (int i = 0; i < SLOW_CONNS; i++) {
+        fds[i] = socket(AF_INET, SOCK_STREAM, 0);
+        s->t_open[i] = now_ms();
+        s->t_closed[i] = 0;
+        if (connect(fds[i], (struct sockaddr *)&sa, sizeof sa) != 0 ||
+            send(fds[i], "GET /health HTTP/1.1\r\nHo", 24, MSG_NOSIGNAL) != 24) {
+            s->t_closed[i] = -1; /* refused at once */
+            continue;
+        }
+        fcntl(fds[i], F_SETFL, O_NONBLOCK);
+        s->n_open++;
+    }
+    /* a byte every 200 ms, for at most 6 s: each must be closed by then */
+    int open = s->n_open;
+    for (int round = 0; round < 30 && open > 0; round++) {
+        usleep(200000);
+        for (int i = 0; i < SLOW_CONNS; i++) {
+            if (s->t_closed[i] != 0) continue;
+            char b[64];
+            ssize_t r = recv(fds[i], b, sizeof b, 0);
+            bool closed = r == 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK);
+            if (!closed && send(fds[i], "s", 1, MSG_NOSIGNAL) != 1) closed = errno != EAGAIN;
+            if (closed) {
+                s->t_closed[i] = now_ms();
+                open--;
+            }
+        }
+    }
+    for (int i = 0; i < SLOW_CONNS; i++)
+        if (s->t_closed[i] >= 0) close(fds[i]);
+    return NULL;
+}
+
+/* 100 connections sending their heads a byte every 200 ms (each byte resets
+ * libmicrohttpd's idle timeout) do not lock anyone out: /health and a
+ * completion answer within 1 s meanwhile, and the node closes each slow one
+ * once --request-timeout (2 s here) has passed since it connected. */
+static void test_slowloris(void **state) {
+    node_proc n = node_start("--request-timeout", "2", NULL);
+    slow_conns s = {.port = n.port};
+    pthread_t t;
+    pthread_create(&t, NULL, slow_senders, &s);
+    usleep(500000); /* all connected and trickling */
+    double t0 = now_ms();
+    resp h = http(&n, "GET", "/health", NULL, NULL);
+    double t_health = now_ms() - t0;
+    assert_int_equal(h.status, 200);
+    free(h.body);
+    t0 = now_ms();
+    resp c = http(&n, "POST", "/v1/completions", "{\"prompt\":\"Still served\",\"max_tokens\":2,\"temperature\":0}", NULL);
+    double t_completion = now_ms() - t0;
+    assert_int_equal(c.status, 200);
+    free(c.body);
+    pthread_join(t, NULL);
+    double first = 1e9, last = 0;
+    int closed = 0;
+    for (int i = 0; i < SLOW_CONNS; i++) {
+        if (s.t_closed[i] <= 0) continue; /* refused, or never closed */
+        double lived = s.t_closed[i] - s.t_open[i];
+        if (lived < first) first = lived;
+        if (lived > last) last = lived;
+        closed++;
+    }
+    print_message("slowloris: /health %.0f ms, completion %.0f ms; %d of %d slow connections closed by the node "
+                  "after %.0f-%.0f ms\n", t_health, t_completion, closed, s.n_open, first, last);
+    assert_true(t_health < 1000 && t_completion < 1000);
+    assert_int_equal(s.n_open, SLOW_CONNS);
+    assert_int_equal(closed, SLOW_CONNS);
+    assert_true(first >= 2000 && last < 4000); /* the deadline, not the 300 s idle timeout */
+    assert_int_equal((int)metric(&n, "kvmesh_http_request_timeouts_total"), SLOW_CONNS);
+    assert_int_equal(node_stop(&n), 0);
+}
+
+/* One client address holds at most --max-connections-per-ip connections:
+ * the next is closed unanswered, until one of its others goes. */
+static void test_per_ip_limit(void **state) {
+    node_proc n = node_start("--max-connections-per-ip", "4", NULL);
+    const char *get = "GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
+    int held[4];
+    for (int i = 0; i < 4; i++) assert_true((held[i] = raw_connect(&n, NULL)) >= 0);
+    usleep(200000);
+    char buf[256];
+    int fd = raw_connect(&n, get);
+    assert_true(raw_answer(fd, buf, sizeof buf) <= 0); /* closed, no answer */
+    close(fd);
+    close(held[0]);
+    usleep(200000);
+    fd = raw_connect(&n, get);
+    assert_true(raw_answer(fd, buf, sizeof buf) > 0);
+    assert_memory_equal(buf, "HTTP/1.1 200", 12);
+    close(fd);
+    for (int i = 1; i < 4; i++) close(held[i]);
+    assert_int_equal(node_stop(&n), 0);
+}
+
+/* A plain (not streamed) request whose client hangs up is cancelled at the
+ * next token, as a streamed one: its context is free again at once. */
+static void test_disconnect_cancels_plain_request(void **state) {
+    node_proc n = node_start("--slowdown", "10", NULL); /* 4096-token context */
+    CURL *c = curl_easy_init();
+    char url[128];
+    snprintf(url, sizeof url, "%s/v1/chat/completions", n.url);
+    curl_easy_setopt(c, CURLOPT_URL, url); /* no max_tokens: up to the whole context */
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS, "{\"messages\":[{\"role\":\"user\",\"content\":\"Talk forever.\"}]}");
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 300L); /* hang up after 0.3 s */
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_discard);
+    assert_int_equal(curl_easy_perform(c), CURLE_OPERATION_TIMEDOUT);
+    curl_easy_cleanup(c);
+    double t0 = now_ms();
+    while (metric(&n, "kvmesh_requests_total{result=\"cancelled\"}") < 1 && now_ms() - t0 < 5000) usleep(50000);
+    double noticed = now_ms() - t0;
+    resp r = http(&n, "POST", "/v1/completions", "{\"prompt\":\"Next\",\"max_tokens\":1,\"temperature\":0}", NULL);
+    assert_int_equal(r.status, 200);
+    json_t *j = parse(&r);
+    double queue_ms = json_real_value(json_object_get(json_object_get(j, "timings"), "queue_ms"));
+    json_decref(j);
+    free(r.body);
+    print_message("disconnect: cancelled %.0f ms after the hang-up; the next request queued %.1f ms\n", noticed, queue_ms);
+    assert_int_equal((int)metric(&n, "kvmesh_requests_total{result=\"cancelled\"}"), 1);
+    assert_int_equal((int)metric(&n, "kvmesh_requests_total{result=\"completed\"}"), 1);
+    assert_true(noticed < 2000);
+    assert_true(queue_ms < 100);
+
+    /* one that leaves while queued behind another is out of the queue at once */
+    bg_req a = {&n, "{\"prompt\":\"Running while another waits\",\"max_tokens\":12,\"temperature\":0}", {0}};
+    pthread_t ta;
+    pthread_create(&ta, NULL, bg_post, &a);
+    assert_int_equal(health_when(&n, "running", 1, "queued"), 0);
+    c = curl_easy_init();
+    snprintf(url, sizeof url, "%s/v1/completions", n.url);
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS, "{\"prompt\":\"Queued, then gone\",\"max_tokens\":12}");
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 300L);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_discard);
+    assert_int_equal(curl_easy_perform(c), CURLE_OPERATION_TIMEDOUT);
+    curl_easy_cleanup(c);
+    t0 = now_ms();
+    while (metric(&n, "kvmesh_requests_total{result=\"cancelled\"}") < 2 && now_ms() - t0 < 5000) usleep(20000);
+    resp h = http(&n, "GET", "/health", NULL, NULL);
+    json_t *jh = parse(&h);
+    int queued = (int)json_integer_value(json_object_get(jh, "queued")),
+        running = (int)json_integer_value(json_object_get(jh, "running"));
+    json_decref(jh);
+    free(h.body);
+    print_message("disconnect while queued: out of the queue %.0f ms after the hang-up (queued %d, running %d)\n",
+                  now_ms() - t0, queued, running);
+    assert_int_equal(queued, 0);
+    assert_int_equal(running, 1); /* the other still computes */
+    pthread_join(ta, NULL);
+    assert_int_equal(a.r.status, 200);
+    free(a.r.body);
+    assert_int_equal((int)metric(&n, "kvmesh_requests_total{result=\"cancelled\"}"), 2);
+    assert_int_equal(node_stop(&n), 0);
+}
+
+typedef struct timed_get {
+    const node_proc *n;
+    double worst_ms;
+    int n_ok;
+    volatile bool stop;
+} timed_get;
+
+static void *health_poller(void *arg) {
+    timed_get *t = arg;
+    while (!t->stop) {
+        double t0 = now_ms();
+        resp h = http(t->n, "GET", "/health", NULL, NULL);
+        double ms = now_ms() - t0;
+        if (ms > t->worst_ms) t->worst_ms = ms;
+        t->n_ok += h.status == 200;
+        free(h.body);
+        usleep(20000);
+    }
+    return NULL;
+}
+
+/* A 3 MB prompt cannot fit 4096 tokens (a token stands for a few bytes at
+ * most): 400 context_length_exceeded before tokenizing it (which took
+ * seconds); /health answers meanwhile. */
+static void test_long_prompt_refused_before_tokenizing(void **state) {
+    node_proc n = node_start(NULL); /* 4096-token context */
+    size_t words = 3 << 18, k = 0; /* 4 bytes each: 3 MiB */
+    char *body = malloc(words * 4 + 64);
+    k += (size_t)sprintf(body, "{\"prompt\":\"");
+    for (size_t i = 0; i < words; i++, k += 4) memcpy(body + k, "abc ", 4);
+    strcpy(body + k, "\",\"max_tokens\":1}");
+    timed_get hp = {.n = &n};
+    pthread_t t;
+    pthread_create(&t, NULL, health_poller, &hp);
+    double t0 = now_ms();
+    resp r = http(&n, "POST", "/v1/completions", body, NULL);
+    double ms = now_ms() - t0;
+    usleep(100000);
+    hp.stop = true;
+    pthread_join(t, NULL);
+    print_message("3 MiB prompt: %ld in %.0f ms; /health answered %d times, slowest %.0f ms\n", r.status, ms, hp.n_ok,
+                  hp.worst_ms);
+    expect_error(&r, 400, "invalid_request_error", "context holds 4096");
+    json_t *j = parse(&r);
+    json_t *e = json_object_get(j, "error");
+    assert_true(is_text(json_object_get(e, "code"), "context_length_exceeded"));
+    assert_true(is_text(json_object_get(e, "param"), "prompt"));
+    json_decref(j);
+    assert_true(ms < 1000);
+    assert_true(hp.n_ok >= 1 && hp.worst_ms < 1000);
+    free(r.body);
+    free(body);
+    assert_int_equal(node_stop(&n), 0);
+}
+
+/* A burst to a node that takes what it can serve within --max-wait: the
+ * others get 503 with Retry-After (s) and retry-after-ms from the backlog,
+ * spaced by the time one request takes, so that retrying when told (as
+ * OpenAI's clients do, at most twice) gets every request answered. */
+#define BURST 8
+typedef struct burst_req {
+    const node_proc *n;
+    int id, tries;
+    long status;
+    double retry_ms[3];
+    char retry_after[3][16];
+    char refusal[200];
+} burst_req;
+
+static void *burst_post(void *arg) {
+    burst_req *b = arg;
+    char body[128];
+    snprintf(body, sizeof body, "{\"prompt\":\"Burst request %d\",\"max_tokens\":2,\"temperature\":0}", b->id);
+    for (b->tries = 0; b->tries < 3; b->tries++) {
+        resp r = http(b->n, "POST", "/v1/completions", body, NULL);
+        b->status = r.status;
+        if (r.status == 503) {
+            b->retry_ms[b->tries] = atof(r.retry_after_ms);
+            snprintf(b->retry_after[b->tries], sizeof b->retry_after[0], "%s", r.retry_after);
+            json_t *j = parse(&r);
+            snprintf(b->refusal, sizeof b->refusal, "%s",
+                     json_string_value(json_object_get(json_object_get(j, "error"), "message")));
+            json_decref(j);
+        }
+        free(r.body);
+        if (b->status != 503) break;
+        usleep((useconds_t)(b->retry_ms[b->tries] * 1000));
+    }
+    return NULL;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void test_burst_retry_after(void **state) {
+    node_proc n = node_start("--slowdown", "10", "--queue", "16", "--max-wait", "1", NULL);
+    for (int i = 0; i < 2; i++) { /* the node measures how long a request takes */
+        resp w = http(&n, "POST", "/v1/completions", "{\"prompt\":\"Warm up\",\"max_tokens\":2,\"temperature\":0}", NULL);
+        assert_int_equal(w.status, 200);
+        free(w.body);
+    }
+    burst_req b[BURST];
+    pthread_t t[BURST];
+    for (int i = 0; i < BURST; i++) {
+        b[i] = (burst_req){.n = &n, .id = i};
+        pthread_create(&t[i], NULL, burst_post, &b[i]);
+    }
+    double first_retry[BURST];
+    int refused = 0, retries = 0;
+    for (int i = 0; i < BURST; i++) {
+        pthread_join(t[i], NULL);
+        assert_int_equal(b[i].status, 200); /* answered, after at most 2 retries */
+        retries += b[i].tries;
+        for (int k = 0; k < b[i].tries; k++) { /* each 503: Retry-After = ceil(retry-after-ms / 1000) >= 1 */
+            char expect[16];
+            snprintf(expect, sizeof expect, "%.0f", b[i].retry_ms[k] < 1000 ? 1 : ceil(b[i].retry_ms[k] / 1000));
+            assert_true(b[i].retry_ms[k] > 0 && b[i].retry_ms[k] < 30000);
+            assert_string_equal(b[i].retry_after[k], expect);
+        }
+        if (b[i].tries > 0) {
+            first_retry[refused++] = b[i].retry_ms[0];
+            assert_non_null(strstr(b[i].refusal, "estimated wait")); /* by the wait, not the queue's 16 places */
+        }
+    }
+    qsort(first_retry, (size_t)refused, sizeof *first_retry, cmp_double);
+    print_message("burst of %d: %d refused at first, %d retries in all; retry-after-ms %.0f .. %.0f\n", BURST, refused,
+                  retries, refused ? first_retry[0] : 0, refused ? first_retry[refused - 1] : 0);
+    assert_true(refused >= 3);
+    for (int i = 1; i < refused; i++) /* one turn apart, not all at once */
+        assert_true(first_retry[i] - first_retry[i - 1] > 50);
+    assert_int_equal((int)metric(&n, "kvmesh_requests_total{result=\"completed\"}"), 2 + BURST);
+    assert_int_equal(node_stop(&n), 0);
+}
+
 int main(void) {
     if (access(tu_model("tiny-f16.gguf"), R_OK) != 0) {
         printf("SKIP: test models missing\n");
@@ -689,6 +1083,11 @@ int main(void) {
         cmocka_unit_test(test_parallel_contexts),
         cmocka_unit_test(test_backlog_counts_work),
         cmocka_unit_test(test_client_disconnect),
+        cmocka_unit_test(test_slowloris),
+        cmocka_unit_test(test_per_ip_limit),
+        cmocka_unit_test(test_disconnect_cancels_plain_request),
+        cmocka_unit_test(test_long_prompt_refused_before_tokenizing),
+        cmocka_unit_test(test_burst_retry_after),
     };
     int failed = cmocka_run_group_tests_name("shared node", shared, group_setup, group_teardown);
     curl_global_init(CURL_GLOBAL_DEFAULT);

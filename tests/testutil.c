@@ -233,6 +233,8 @@ static size_t on_header(char *p, size_t sz, size_t nm, void *ud) {
     size_t n = sz * nm;
     if (n > 15 && strncasecmp(p, "Retry-After: ", 13) == 0)
         snprintf(r->retry_after, sizeof r->retry_after, "%.*s", (int)(n - 15), p + 13);
+    if (n > 18 && strncasecmp(p, "retry-after-ms: ", 16) == 0)
+        snprintf(r->retry_after_ms, sizeof r->retry_after_ms, "%.*s", (int)(n - 18), p + 16);
     return n;
 }
 

@@ -56,6 +56,7 @@ typedef struct tu_resp {
     char *body; /* NUL-terminated, malloc'd */
     size_t len;
     char retry_after[16];
+    char retry_after_ms[16];
 } tu_resp;
 
 /* One HTTP request to base + path (body NULL: none); extra headers as

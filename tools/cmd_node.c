@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "api.h"
@@ -45,6 +46,8 @@ static void node_usage(FILE *f) {
             "      --insecure          listen beyond loopback without an API key and a mesh secret\n"
             "      --parallel N        requests computed at once, one context each (default 1)\n"
             "      --queue N           requests waiting for a context before 503 (default 16)\n"
+            "      --max-wait S        503 when the estimated wait for a context is longer (default 30;\n"
+            "                          0 = no limit); 503s say when to retry (Retry-After)\n"
             "  -t, --threads N         compute threads per context (default 1)\n"
             "      --ctx N             context size in tokens (default 4096)\n"
             "      --kv-type TYPE      f16 (default) or q8_0\n"
@@ -61,6 +64,10 @@ static void node_usage(FILE *f) {
             "      --block N           cache every N tokens of prompts without segments (default 256)\n"
             "      --salt STR          separate key space (default none)\n"
             "      --max-body BYTES    largest request body (default 4194304)\n"
+            "      --max-connections N open connections at once (default 1024)\n"
+            "      --max-connections-per-ip N\n"
+            "                          of those, from one client address (default 256; 0 = no limit)\n"
+            "      --request-timeout S a request (head and body) must arrive within S seconds (default 10)\n"
             "      --port-file FILE    write the bound port there once listening (for scripts)\n"
             "  -v, --verbose           more logs\n"
             "  -h, --help              this help\n");
@@ -81,6 +88,18 @@ static char *read_key_file(const char *path, km_error *err) {
     return s;
 }
 
+/* Each connection is a descriptor: raise the soft limit (often 1024) as far
+ * as the hard one allows for max_connections and the node's own files. */
+static void raise_fd_limit(int max_connections) {
+    struct rlimit rl;
+    rlim_t want = (rlim_t)max_connections + 256;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= want) return;
+    rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > want ? want : rl.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur < want)
+        km_warn("kvmesh node: open files limited to %llu: fewer than --max-connections %d can be served",
+                (unsigned long long)rl.rlim_cur, max_connections);
+}
+
 int cmd_node(int argc, char **argv) {
     km_node_params np = km_node_default_params();
     km_api_params ap = km_api_default_params();
@@ -88,10 +107,10 @@ int cmd_node(int argc, char **argv) {
     const char *peer_allow = NULL;
     km_mesh_params mp = km_mesh_default_params();
     int insecure = 0;
-    double ram_mb = 256, disk_mb = (double)(np.store.disk_budget >> 20);
+    double ram_mb = 256, disk_mb = (double)(np.store.disk_budget >> 20), max_wait_s = np.max_wait_ms / 1000.0;
     enum { O_KEY = 1000, O_INSECURE, O_PAR, O_QUEUE, O_CTX, O_KV, O_CACHE, O_RAM, O_STORE, O_LINK, O_SLOW, O_BLOCK,
            O_SALT, O_MAXBODY, O_PORTFILE, O_PEERS, O_ADVERTISE, O_SECRET, O_GOSSIP, O_ROUTE, O_STORE_SECRET, O_DISK,
-           O_PEER_ALLOW };
+           O_PEER_ALLOW, O_MAXWAIT, O_MAXCONN, O_MAXCONN_IP, O_REQTIMEOUT };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},          {"listen", required_argument, 0, 'l'},
         {"api-key-file", required_argument, 0, O_KEY}, {"insecure", no_argument, 0, O_INSECURE},
@@ -107,6 +126,9 @@ int cmd_node(int argc, char **argv) {
         {"mesh-secret-file", required_argument, 0, O_SECRET}, {"gossip-ms", required_argument, 0, O_GOSSIP},
         {"route", required_argument, 0, O_ROUTE},      {"store-secret-file", required_argument, 0, O_STORE_SECRET},
         {"peer-allow", required_argument, 0, O_PEER_ALLOW},
+        {"max-connections", required_argument, 0, O_MAXCONN},
+        {"max-connections-per-ip", required_argument, 0, O_MAXCONN_IP},
+        {"request-timeout", required_argument, 0, O_REQTIMEOUT},
         {"verbose", no_argument, 0, 'v'},              {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0}};
     int ch;
@@ -119,6 +141,10 @@ int cmd_node(int argc, char **argv) {
         case O_INSECURE: insecure = 1; break;
         case O_PAR: np.n_parallel = atoi(optarg); break;
         case O_QUEUE: np.queue_max = atoi(optarg); break;
+        case O_MAXWAIT: max_wait_s = atof(optarg); break;
+        case O_MAXCONN: ap.max_connections = atoi(optarg); break;
+        case O_MAXCONN_IP: ap.max_connections_per_ip = atoi(optarg); break;
+        case O_REQTIMEOUT: ap.request_timeout_s = atoi(optarg); break;
         case 't': np.ctx.n_threads = atoi(optarg); break;
         case O_CTX: np.ctx.n_ctx = atoi(optarg); break;
         case O_KV:
@@ -163,7 +189,9 @@ int cmd_node(int argc, char **argv) {
         return 2;
     }
     if (np.n_parallel < 1 || np.queue_max < 0 || np.ctx.n_threads < 1 || np.ctx.n_ctx < 16 || np.block_size < 0 ||
-        !(ram_mb >= 0) || !(disk_mb >= 0) || !(np.ctx.slowdown >= 1.0) || ap.max_body < 1024 || mp.gossip_ms < 10) {
+        !(ram_mb >= 0) || !(disk_mb >= 0) || !(np.ctx.slowdown >= 1.0) || ap.max_body < 1024 || mp.gossip_ms < 10 ||
+        !(max_wait_s >= 0 && max_wait_s <= 86400) || ap.max_connections < 1 || ap.max_connections_per_ip < 0 ||
+        ap.request_timeout_s < 1) {
         fprintf(stderr, "kvmesh node: a numeric option is out of range (see --help)\n");
         return 2;
     }
@@ -173,6 +201,8 @@ int cmd_node(int argc, char **argv) {
     }
     np.store.ram_budget = (size_t)(ram_mb * 1024 * 1024);
     np.store.disk_budget = (uint64_t)(disk_mb * 1024 * 1024);
+    np.max_wait_ms = (int)(max_wait_s * 1000);
+    raise_fd_limit(ap.max_connections);
     km_error err = {{0}};
     char host[256];
     int port;

@@ -71,4 +71,25 @@ try {
   check(e.status === 401, `wrong key: status ${e.status}`);
 }
 
+// a burst larger than the node's room (run.sh: --queue 4): the 503s say when
+// to come back (retry-after-ms, Retry-After), spaced at the pace the node
+// serves, and the client's own retries (its default: 2) get every request
+// answered
+const metric = async (series) => {
+  const text = await (await fetch(`${base}/metrics`)).text();
+  const line = text.split('\n').find((l) => l.startsWith(`${series} `));
+  return line ? Number(line.split(' ')[1]) : 0;
+};
+const refusedBefore = await metric('kvmesh_requests_total{result="refused"}');
+const retrying = new OpenAI({ baseURL: `${base}/v1`, apiKey: key }); // maxRetries: the default
+const BURST = 24;
+const answers = await Promise.allSettled(Array.from({ length: BURST }, (_, i) =>
+  retrying.completions.create({ model, prompt: `Burst request number ${i}:`, max_tokens: 4, temperature: 0 })));
+const failed = answers.filter((a) => a.status === 'rejected');
+check(failed.length === 0, `burst: ${failed.length} of ${BURST} failed: ${failed[0]?.reason}`);
+check(answers.every((a) => a.status !== 'fulfilled' || a.value.object === 'text_completion'), 'burst answers');
+const refused = (await metric('kvmesh_requests_total{result="refused"}')) - refusedBefore;
+check(refused > 0, 'the burst was refused in part at first (else this shows nothing)');
+console.log(`openai-js: burst of ${BURST}: all answered, ${refused} refusals retried by the client`);
+
 console.log(`openai-js: ${checks} checks passed`);
