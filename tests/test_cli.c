@@ -53,6 +53,39 @@ static void test_help_everywhere(void **state) {
     assert_out_has("f16 or q8_0");
 }
 
+/* Every flag a command's --help lists is one its parser knows (a flag added
+ * to the help but lost from the option table once went unnoticed). Each is
+ * given an argument and followed by an unknown flag, so the command stops
+ * there (or at the argument, if "1" is not a valid one) before doing anything. */
+static void test_help_flags_are_accepted(void **state) {
+    (void)state;
+    static const char *const cmds[] = {"node", "run"};
+    for (size_t c = 0; c < sizeof cmds / sizeof *cmds; c++) {
+        char args[256];
+        snprintf(args, sizeof args, "%s --help", cmds[c]);
+        assert_int_equal(kvmesh(args), 0);
+        static char help[sizeof out_buf];
+        memcpy(help, out_buf, sizeof help);
+        int checked = 0;
+        for (char *p = strstr(help, "\n  "); p; p = strstr(p + 1, "\n  ")) {
+            char *f = p + 1 + strspn(p + 1, " ");
+            if (f[0] == '-' && f[1] != '-') f = strstr(f, ", --") ? strstr(f, ", --") + 2 : f; /* "-m, --model" */
+            if (strncmp(f, "--", 2) != 0) continue;
+            char flag[64];
+            size_t n = strspn(f + 2, "abcdefghijklmnopqrstuvwxyz0123456789-");
+            if (n == 0 || n >= sizeof flag - 2 || strncmp(f + 2, "help", n) == 0) continue;
+            snprintf(flag, sizeof flag, "--%.*s", (int)n, f + 2);
+            snprintf(args, sizeof args, "%s %s 1 --no-such-flag", cmds[c], flag);
+            assert_int_equal(kvmesh(args), 2);
+            char unknown[96];
+            snprintf(unknown, sizeof unknown, "unrecognized option '%s'", flag);
+            if (strstr(out_buf, unknown)) fail_msg("kvmesh %s --help lists %s, which it does not accept", cmds[c], flag);
+            checked++;
+        }
+        assert_true(checked >= 10);
+    }
+}
+
 static void test_errors_name_the_file(void **state) {
     (void)state;
     assert_int_equal(kvmesh("run --model /nonexistent/m.gguf --prompt hi --no-cache"), 1);
@@ -366,6 +399,7 @@ static void test_node_disk_budget(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_help_everywhere),
+        cmocka_unit_test(test_help_flags_are_accepted),
         cmocka_unit_test(test_errors_name_the_file),
         cmocka_unit_test(test_run_twice_reuses),
         cmocka_unit_test(test_presets_load_and_run),

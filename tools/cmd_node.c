@@ -125,7 +125,7 @@ int cmd_node(int argc, char **argv) {
         {"peers", required_argument, 0, O_PEERS},      {"advertise", required_argument, 0, O_ADVERTISE},
         {"mesh-secret-file", required_argument, 0, O_SECRET}, {"gossip-ms", required_argument, 0, O_GOSSIP},
         {"route", required_argument, 0, O_ROUTE},      {"store-secret-file", required_argument, 0, O_STORE_SECRET},
-        {"peer-allow", required_argument, 0, O_PEER_ALLOW},
+        {"peer-allow", required_argument, 0, O_PEER_ALLOW},   {"max-wait", required_argument, 0, O_MAXWAIT},
         {"max-connections", required_argument, 0, O_MAXCONN},
         {"max-connections-per-ip", required_argument, 0, O_MAXCONN_IP},
         {"request-timeout", required_argument, 0, O_REQTIMEOUT},
