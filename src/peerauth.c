@@ -523,14 +523,8 @@ int km_peerauth_verify_request(km_peerauth *a, const char *self_id, bool untarge
     return km_error_set(err, "peer auth: out of memory for the replay cache");
 }
 
-int km_peerauth_sign_response(km_peerauth *a, const char *request_header, int status, const uint8_t *body,
-                              size_t body_len, char *out, size_t out_len) {
-    if (!out) return -1;
-    if (out_len) out[0] = 0;
-    req_hdr r;
-    if (parse_request_header(request_header, &r, NULL) != 0) return -1;
-    uint8_t mac[MAC_LEN];
-    response_mac(a, &r, status, body, body_len, mac);
+/* The response header value for mac into out; -1 if out is too small. */
+static int format_response_header(const uint8_t mac[MAC_LEN], char *out, size_t out_len) {
     char mac_hex[2 * MAC_LEN + 1];
     to_hex(mac_hex, mac, MAC_LEN);
     int n = snprintf(out, out_len, VERSION " %s", mac_hex);
@@ -541,13 +535,29 @@ int km_peerauth_sign_response(km_peerauth *a, const char *request_header, int st
     return 0;
 }
 
+/* Parse the header of a request we sent, to check its answer. */
+static int parse_our_request(const char *request_header, req_hdr *r, km_error *err) {
+    km_error e;
+    if (parse_request_header(request_header, r, &e) == 0) return 0;
+    return km_error_set(err, "peer auth: cannot check the response: our %s",
+                        strncmp(e.msg, "peer auth: ", 11) == 0 ? e.msg + 11 : e.msg);
+}
+
+int km_peerauth_sign_response(km_peerauth *a, const char *request_header, int status, const uint8_t *body,
+                              size_t body_len, char *out, size_t out_len) {
+    if (!out) return -1;
+    if (out_len) out[0] = 0;
+    req_hdr r;
+    if (parse_request_header(request_header, &r, NULL) != 0) return -1;
+    uint8_t mac[MAC_LEN];
+    response_mac(a, &r, status, body, body_len, mac);
+    return format_response_header(mac, out, out_len);
+}
+
 int km_peerauth_verify_response(km_peerauth *a, const char *request_header, int status, const uint8_t *body,
                                 size_t body_len, const char *response_header, km_error *err) {
     req_hdr r;
-    km_error e;
-    if (parse_request_header(request_header, &r, &e) != 0)
-        return km_error_set(err, "peer auth: cannot check the response: our %s",
-                            strncmp(e.msg, "peer auth: ", 11) == 0 ? e.msg + 11 : e.msg);
+    if (parse_our_request(request_header, &r, err) != 0) return -1;
     uint8_t got[MAC_LEN], want[MAC_LEN];
     if (parse_response_header(response_header, got, err) != 0) return -1;
     response_mac(a, &r, status, body, body_len, want);
@@ -566,13 +576,7 @@ int km_peerauth_sign_stream(km_peerauth *a, const char *request_header, int stat
     if (parse_request_header(request_header, &r, NULL) != 0) return -1;
     uint8_t mac[MAC_LEN];
     stream_mac(a, DOMAIN_STREAM, &r, status, type, mac);
-    char mac_hex[2 * MAC_LEN + 1];
-    to_hex(mac_hex, mac, MAC_LEN);
-    int n = snprintf(out, out_len, VERSION " %s", mac_hex);
-    if (n < 0 || (size_t)n >= out_len) {
-        if (out_len) out[0] = 0;
-        return -1;
-    }
+    if (format_response_header(mac, out, out_len) != 0) return -1;
     stream_mac(a, DOMAIN_STREAM_KEY, &r, status, type, key);
     return 0;
 }
@@ -580,10 +584,7 @@ int km_peerauth_sign_stream(km_peerauth *a, const char *request_header, int stat
 int km_peerauth_verify_stream(km_peerauth *a, const char *request_header, int status, const char *type,
                               const char *response_header, uint8_t key[KM_PEERAUTH_STREAM_KEY_LEN], km_error *err) {
     req_hdr r;
-    km_error e;
-    if (parse_request_header(request_header, &r, &e) != 0)
-        return km_error_set(err, "peer auth: cannot check the response: our %s",
-                            strncmp(e.msg, "peer auth: ", 11) == 0 ? e.msg + 11 : e.msg);
+    if (parse_our_request(request_header, &r, err) != 0) return -1;
     uint8_t got[MAC_LEN], want[MAC_LEN];
     if (parse_response_header(response_header, got, err) != 0) return -1;
     stream_mac(a, DOMAIN_STREAM, &r, status, type ? type : "", want);
