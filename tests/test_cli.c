@@ -51,6 +51,15 @@ static void test_help_everywhere(void **state) {
     assert_int_equal(kvmesh("run --prompt hi"), 2);
     assert_int_equal(kvmesh("run --model x --kv-type f32 --prompt hi"), 2);
     assert_out_has("f16 or q8_0");
+    /* numbers are numbers: "abc" is not 0 (for --max-wait: no limit) */
+    assert_int_equal(kvmesh("node --model x --max-wait abc"), 2);
+    assert_out_has("kvmesh node: 'abc' is not a number");
+    assert_int_equal(kvmesh("node --model x --max-connections-per-ip 8x"), 2);
+    assert_out_has("'8x' is not a number");
+    assert_int_equal(kvmesh("run --model x --prompt hi --disk-budget ''"), 2);
+    assert_out_has("kvmesh run: '' is not a number");
+    assert_int_equal(kvmesh("run --model x --prompt hi -n 2.5"), 2);
+    assert_out_has("'2.5' is not a number");
 }
 
 /* Every flag a command's --help lists is one its parser knows (a flag added

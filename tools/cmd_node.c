@@ -139,14 +139,14 @@ int cmd_node(int argc, char **argv) {
         case 'l': ap.listen = optarg; break;
         case O_KEY: key_file = optarg; break;
         case O_INSECURE: insecure = 1; break;
-        case O_PAR: np.n_parallel = atoi(optarg); break;
-        case O_QUEUE: np.queue_max = atoi(optarg); break;
-        case O_MAXWAIT: max_wait_s = atof(optarg); break;
-        case O_MAXCONN: ap.max_connections = atoi(optarg); break;
-        case O_MAXCONN_IP: ap.max_connections_per_ip = atoi(optarg); break;
-        case O_REQTIMEOUT: ap.request_timeout_s = atoi(optarg); break;
-        case 't': np.ctx.n_threads = atoi(optarg); break;
-        case O_CTX: np.ctx.n_ctx = atoi(optarg); break;
+        case O_PAR: np.n_parallel = cli_int(optarg); break;
+        case O_QUEUE: np.queue_max = cli_int(optarg); break;
+        case O_MAXWAIT: max_wait_s = cli_num(optarg); break;
+        case O_MAXCONN: ap.max_connections = cli_int(optarg); break;
+        case O_MAXCONN_IP: ap.max_connections_per_ip = cli_int(optarg); break;
+        case O_REQTIMEOUT: ap.request_timeout_s = cli_int(optarg); break;
+        case 't': np.ctx.n_threads = cli_int(optarg); break;
+        case O_CTX: np.ctx.n_ctx = cli_int(optarg); break;
         case O_KV:
             if (km_kv_type_parse(optarg, &np.ctx.kv_type) != 0) {
                 fprintf(stderr, "kvmesh node: --kv-type must be f16 or q8_0, not '%s'\n", optarg);
@@ -154,20 +154,20 @@ int cmd_node(int argc, char **argv) {
             }
             break;
         case O_CACHE: np.store.disk_dir = optarg; break;
-        case O_RAM: ram_mb = atof(optarg); break;
-        case O_DISK: disk_mb = atof(optarg); break;
+        case O_RAM: ram_mb = cli_num(optarg); break;
+        case O_DISK: disk_mb = cli_num(optarg); break;
         case O_STORE: np.store_url = optarg; break;
         case O_LINK: np.link_spec = optarg; break;
-        case O_SLOW: np.ctx.slowdown = atof(optarg); break;
-        case O_BLOCK: np.block_size = atoi(optarg); break;
+        case O_SLOW: np.ctx.slowdown = cli_num(optarg); break;
+        case O_BLOCK: np.block_size = cli_int(optarg); break;
         case O_SALT: np.salt = optarg; break;
-        case O_MAXBODY: ap.max_body = (size_t)strtoull(optarg, NULL, 10); break;
+        case O_MAXBODY: ap.max_body = (size_t)cli_uint(optarg); break;
         case O_PORTFILE: port_file = optarg; break;
         case O_PEERS: mp.seeds = optarg; break;
         case O_ADVERTISE: advertise = optarg; break;
         case O_SECRET: secret_file = optarg; break;
         case O_STORE_SECRET: store_secret_file = optarg; break;
-        case O_GOSSIP: mp.gossip_ms = atoi(optarg); break;
+        case O_GOSSIP: mp.gossip_ms = cli_int(optarg); break;
         case O_PEER_ALLOW: peer_allow = optarg; break;
         case O_ROUTE:
             if (km_route_mode_parse(optarg, &np.route) != 0) {
@@ -180,6 +180,7 @@ int cmd_node(int argc, char **argv) {
         default: node_usage(stderr); return 2;
         }
     }
+    if (cli_bad_number("kvmesh node")) return 2;
     if (optind < argc) {
         fprintf(stderr, "kvmesh node: unexpected argument '%s'\n", argv[optind]);
         return 2;

@@ -145,14 +145,14 @@ int cmd_run(int argc, char **argv) {
         case 'p': prompt = optarg; break;
         case 'f': prompt_file = optarg; break;
         case O_SEP: sep = optarg; break;
-        case O_BLOCK: block = atoi(optarg); break;
+        case O_BLOCK: block = cli_int(optarg); break;
         case O_CACHE: cache_dir = optarg; break;
         case O_NOCACHE: no_cache = 1; break;
-        case O_RAM: ram_mb = atof(optarg); break;
-        case O_DISK: disk_mb = atof(optarg); break;
+        case O_RAM: ram_mb = cli_num(optarg); break;
+        case O_DISK: disk_mb = cli_num(optarg); break;
         case O_SALT: salt = optarg; break;
         case O_STORE: store_url = optarg; break;
-        case O_STORE_TTL: store_ttl = atoi(optarg); break;
+        case O_STORE_TTL: store_ttl = cli_int(optarg); break;
         case O_STORE_SECRET: store_secret_file = optarg; break;
         case O_LINK: {
             km_error e;
@@ -163,16 +163,16 @@ int cmd_run(int argc, char **argv) {
             has_link = 1;
             break;
         }
-        case O_SLOW: cp.slowdown = atof(optarg); break;
-        case O_STORE_TIMEOUT: rp.io_timeout_ms = atoi(optarg); break;
-        case O_CAT_CAP: rp.catalog.capacity = (uint32_t)strtoul(optarg, NULL, 10); break;
-        case O_CAT_ERR: rp.catalog.error = atof(optarg); break;
-        case 'n': n_predict = atoi(optarg); break;
-        case O_TEMP: sp.temp = (float)atof(optarg); break;
-        case O_SEED: sp.seed = (uint32_t)strtoul(optarg, NULL, 10); break;
-        case O_TOPK: sp.top_k = atoi(optarg); break;
-        case O_TOPP: sp.top_p = (float)atof(optarg); break;
-        case 't': cp.n_threads = atoi(optarg); break;
+        case O_SLOW: cp.slowdown = cli_num(optarg); break;
+        case O_STORE_TIMEOUT: rp.io_timeout_ms = cli_int(optarg); break;
+        case O_CAT_CAP: rp.catalog.capacity = (uint32_t)cli_uint(optarg); break;
+        case O_CAT_ERR: rp.catalog.error = cli_num(optarg); break;
+        case 'n': n_predict = cli_int(optarg); break;
+        case O_TEMP: sp.temp = (float)cli_num(optarg); break;
+        case O_SEED: sp.seed = (uint32_t)cli_uint(optarg); break;
+        case O_TOPK: sp.top_k = cli_int(optarg); break;
+        case O_TOPP: sp.top_p = (float)cli_num(optarg); break;
+        case 't': cp.n_threads = cli_int(optarg); break;
         case O_KV:
             if (km_kv_type_parse(optarg, &cp.kv_type) != 0) {
                 fprintf(stderr, "kvmesh run: --kv-type must be f16 or q8_0, not '%s'\n", optarg);
@@ -188,14 +188,15 @@ int cmd_run(int argc, char **argv) {
                 return 2;
             }
             break;
-        case O_CTX: cp.n_ctx = atoi(optarg); break;
-        case O_BATCH: cp.n_batch = atoi(optarg); break;
+        case O_CTX: cp.n_ctx = cli_int(optarg); break;
+        case O_BATCH: cp.n_batch = cli_int(optarg); break;
         case 'v': km_log_level++; break;
         case 'q': quiet = 1; break;
         case 'h': run_usage(stdout); return 0;
         default: run_usage(stderr); return 2;
         }
     }
+    if (cli_bad_number("kvmesh run")) return 2;
     if (optind < argc) {
         fprintf(stderr, "kvmesh run: unexpected argument '%s'\n", argv[optind]);
         return 2;

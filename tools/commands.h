@@ -19,4 +19,15 @@ int cmd_node(int argc, char **argv);
  * $KVMESH_VOCAB_DIR, else the directory the build was configured with. */
 const char *kvmesh_vocab_dir(void);
 
+/* Numbers given as flag arguments, parsed strictly: the whole argument must
+ * be a finite number (cli_int: a whole one within int; cli_uint: a whole one
+ * >= 0). Where atoi/atof would silently read "abc" or "10x" as 0 or 10 (and 0
+ * often means "no limit"), these remember the first bad argument and return
+ * 0; after its option loop a command calls cli_bad_number(name), which
+ * prints "<name>: 'abc' is not a number" and returns true if there was one. */
+int cli_int(const char *s);
+double cli_num(const char *s);
+unsigned long long cli_uint(const char *s);
+int cli_bad_number(const char *cmd);
+
 #endif

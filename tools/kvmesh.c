@@ -1,4 +1,7 @@
 /* kvmesh.c -- the command-line entry point: dispatches to one subcommand. */
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +15,45 @@
 const char *kvmesh_vocab_dir(void) {
     const char *e = getenv("KVMESH_VOCAB_DIR");
     return e && *e ? e : KVMESH_DEFAULT_VOCAB_DIR;
+}
+
+static const char *bad_number; /* the first flag argument that was not one */
+
+static double parse_number(const char *s, int whole) {
+    char *end;
+    errno = 0;
+    double v = s && *s ? strtod(s, &end) : NAN;
+    if (!s || !*s || *end || errno == ERANGE || !isfinite(v) || (whole && v != floor(v))) {
+        if (!bad_number) bad_number = s ? s : "";
+        return 0;
+    }
+    return v;
+}
+
+int cli_int(const char *s) {
+    double v = parse_number(s, 1);
+    if (v < INT_MIN || v > INT_MAX) {
+        if (!bad_number) bad_number = s;
+        return 0;
+    }
+    return (int)v;
+}
+
+double cli_num(const char *s) { return parse_number(s, 0); }
+
+unsigned long long cli_uint(const char *s) {
+    double v = parse_number(s, 1);
+    if (v < 0 || v > 9007199254740992.0) { /* 2^53: exact in a double */
+        if (!bad_number) bad_number = s;
+        return 0;
+    }
+    return (unsigned long long)v;
+}
+
+int cli_bad_number(const char *cmd) {
+    if (!bad_number) return 0;
+    fprintf(stderr, "%s: '%s' is not a number (see --help)\n", cmd, bad_number);
+    return 1;
 }
 
 static const struct {
